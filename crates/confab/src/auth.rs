@@ -20,7 +20,11 @@ pub struct Claims {
 
 /// The user a `hello` names: from its token when tokens are required,
 /// else from its `name`.
-pub fn identify(settings: &Settings, name: Option<&str>, token: Option<&str>) -> Result<UserName, Refusal> {
+pub fn identify(
+    settings: &Settings,
+    name: Option<&str>,
+    token: Option<&str>,
+) -> Result<UserName, Refusal> {
     let Some(secret) = &settings.token_secret else {
         let name = name.ok_or_else(|| Refusal::new(ErrorCode::Invalid, "`name` is required"))?;
         return UserName::parse(name)
@@ -71,8 +75,14 @@ mod tests {
     fn without_a_secret_the_name_is_the_user() {
         let s = settings(None);
         assert_eq!(identify(&s, Some("ann"), None).unwrap().as_str(), "ann");
-        assert_eq!(identify(&s, None, None).unwrap_err().code, ErrorCode::Invalid);
-        assert_eq!(identify(&s, Some(""), None).unwrap_err().code, ErrorCode::InvalidUser);
+        assert_eq!(
+            identify(&s, None, None).unwrap_err().code,
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            identify(&s, Some(""), None).unwrap_err().code,
+            ErrorCode::InvalidUser
+        );
     }
 
     #[test]
@@ -80,7 +90,12 @@ mod tests {
         let s = settings(Some("0123456789abcdef-secret"));
         let secret = s.token_secret.clone().unwrap();
         let token = mint(&secret, &UserName::parse("bob").unwrap(), 60).unwrap();
-        assert_eq!(identify(&s, Some("mallory"), Some(&token)).unwrap().as_str(), "bob");
+        assert_eq!(
+            identify(&s, Some("mallory"), Some(&token))
+                .unwrap()
+                .as_str(),
+            "bob"
+        );
         let code = |t| identify(&s, Some("bob"), t).unwrap_err().code;
         assert_eq!(code(None), ErrorCode::Unauthorized);
         assert_eq!(code(Some("nonsense")), ErrorCode::Unauthorized);

@@ -64,7 +64,12 @@ pub struct Overrides {
     pub broker: Option<String>,
     /// Origins allowed to open WebSockets besides the server's own host
     /// (repeat, or comma-separate; `*` allows any) [default: none]
-    #[arg(long = "allowed-origin", env = "CONFAB_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    #[arg(
+        long = "allowed-origin",
+        env = "CONFAB_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
     pub allowed_origins: Option<Vec<String>>,
     /// Most WebSocket connections at once; more get 503 [default: 10000]
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS", value_name = "N")]
@@ -94,7 +99,12 @@ pub struct Overrides {
     #[arg(long, env = "CONFAB_HISTORY_REPLAY", value_name = "N")]
     pub history_replay: Option<u32>,
     /// HS256 secret; when set, clients must present a token whose `sub` is their name [default: none]
-    #[arg(long, env = "CONFAB_TOKEN_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CONFAB_TOKEN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub token_secret: Option<Secret>,
     /// Log format [default: text]
     #[arg(long, env = "CONFAB_LOG_FORMAT", value_name = "FORMAT")]
@@ -157,9 +167,23 @@ impl Overrides {
     /// Fills what `self` leaves unset from `other`.
     pub fn or(self, other: Overrides) -> Overrides {
         merge!(
-            self, other, listen, store, broker, allowed_origins, max_connections,
-            max_message_bytes, max_frame_bytes, echo_max_bytes, rate_limit, rate_burst,
-            outbound_queue, ping_interval, history_replay, token_secret, log_format,
+            self,
+            other,
+            listen,
+            store,
+            broker,
+            allowed_origins,
+            max_connections,
+            max_message_bytes,
+            max_frame_bytes,
+            echo_max_bytes,
+            rate_limit,
+            rate_burst,
+            outbound_queue,
+            ping_interval,
+            history_replay,
+            token_secret,
+            log_format,
             shutdown_timeout
         )
     }
@@ -185,8 +209,12 @@ impl Settings {
     /// Applies defaults and checks the result.
     pub fn from_overrides(o: Overrides) -> anyhow::Result<Settings> {
         let s = Settings {
-            listen: o.listen.unwrap_or_else(|| "127.0.0.1:8000".parse().expect("valid")),
-            store: o.store.unwrap_or_else(|| "sqlite://confab-data/confab.db".into()),
+            listen: o
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:8000".parse().expect("valid")),
+            store: o
+                .store
+                .unwrap_or_else(|| "sqlite://confab-data/confab.db".into()),
             broker: o.broker.unwrap_or_else(|| "memory".into()),
             allowed_origins: o.allowed_origins.unwrap_or_default(),
             max_connections: o.max_connections.unwrap_or(10_000),
@@ -207,19 +235,28 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.max_connections > 0, "max_connections must be at least 1");
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "max_connections must be at least 1"
+        );
         anyhow::ensure!(self.outbound_queue > 0, "outbound_queue must be at least 1");
         anyhow::ensure!(
             self.max_message_bytes < self.max_frame_bytes,
             "max_message_bytes must be below max_frame_bytes, so an oversized message gets an error, not a close"
         );
-        anyhow::ensure!(!self.ping_interval.is_zero(), "ping_interval must be at least 1 second");
+        anyhow::ensure!(
+            !self.ping_interval.is_zero(),
+            "ping_interval must be at least 1 second"
+        );
         anyhow::ensure!(
             self.rate_limit == 0 || self.rate_burst >= 1,
             "rate_burst must be at least 1"
         );
         if let Some(secret) = &self.token_secret {
-            anyhow::ensure!(secret.expose().len() >= 16, "token_secret must be at least 16 bytes");
+            anyhow::ensure!(
+                secret.expose().len() >= 16,
+                "token_secret must be at least 16 bytes"
+            );
         }
         Ok(())
     }
@@ -231,7 +268,10 @@ mod tests {
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
-        let file: Overrides = toml::from_str("listen = \"127.0.0.1:9000\"\nrate_limit = 5\nstore = \"sqlite::memory:\"").unwrap();
+        let file: Overrides = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\nrate_limit = 5\nstore = \"sqlite::memory:\"",
+        )
+        .unwrap();
         let cli = Overrides {
             rate_limit: Some(7),
             ..Overrides::default()

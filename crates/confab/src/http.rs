@@ -87,7 +87,11 @@ fn not_found(what: &str, err: impl std::fmt::Display) -> Response {
     (StatusCode::NOT_FOUND, format!("invalid {what}: {err}\n")).into_response()
 }
 
-async fn native(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn native(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     upgrade(node, &headers, ws, Kind::Native)
 }
 
@@ -108,7 +112,11 @@ async fn chat(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) ->
     }
 }
 
-async fn global(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn global(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     upgrade(node, &headers, ws, global_kind(false))
 }
 
@@ -185,15 +193,30 @@ mod tests {
     #[test]
     fn same_host_listed_and_absent_origins_are_allowed() {
         assert!(origin_allowed(&headers(None, "chat.example:8000"), &[]));
-        assert!(origin_allowed(&headers(Some("http://chat.example:8000"), "chat.example:8000"), &[]));
+        assert!(origin_allowed(
+            &headers(Some("http://chat.example:8000"), "chat.example:8000"),
+            &[]
+        ));
         let allowed = vec!["https://app.example".to_owned()];
-        assert!(origin_allowed(&headers(Some("https://app.example"), "chat.example"), &allowed));
+        assert!(origin_allowed(
+            &headers(Some("https://app.example"), "chat.example"),
+            &allowed
+        ));
     }
 
     #[test]
     fn other_origins_are_refused() {
-        assert!(!origin_allowed(&headers(Some("http://evil.example"), "chat.example:8000"), &[]));
-        assert!(!origin_allowed(&headers(Some("null"), "chat.example:8000"), &[]));
-        assert!(!origin_allowed(&headers(Some("http://chat.example:8001"), "chat.example:8000"), &[]));
+        assert!(!origin_allowed(
+            &headers(Some("http://evil.example"), "chat.example:8000"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("null"), "chat.example:8000"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("http://chat.example:8001"), "chat.example:8000"),
+            &[]
+        ));
     }
 }

@@ -51,7 +51,13 @@ impl Hub {
     /// Adds a connection to a topic. `on_first` runs, under the lock, when
     /// it is the topic's first local connection: the node subscribes there,
     /// so subscriptions are issued in the order membership changes.
-    pub fn add<R>(&self, topic: &Topic, conn: ConnId, outbox: Outbox, on_first: impl FnOnce() -> R) -> Option<R> {
+    pub fn add<R>(
+        &self,
+        topic: &Topic,
+        conn: ConnId,
+        outbox: Outbox,
+        on_first: impl FnOnce() -> R,
+    ) -> Option<R> {
         let mut state = self.state.write();
         let members = state.map_mut(topic);
         let first = members.is_empty();
@@ -97,7 +103,10 @@ impl Hub {
     pub fn kill_user(&self, user: &UserName, close: crate::protocol::codes::Close) -> usize {
         let state = self.state.read();
         let members = state.users.get(user);
-        members.iter().flat_map(|m| m.values()).for_each(|o| o.kill(close));
+        members
+            .iter()
+            .flat_map(|m| m.values())
+            .for_each(|o| o.kill(close));
         members.map_or(0, HashMap::len)
     }
 

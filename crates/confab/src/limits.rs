@@ -83,9 +83,10 @@ mod tests {
         assert_eq!(limiter.check(), Verdict::Reject);
         tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(limiter.check(), Verdict::Allow);
-        let verdicts: Vec<_> = (0..11).map(|_| limiter.check()).collect();
+        // One refused already; abuse is the eleventh refusal in the window.
+        let verdicts: Vec<_> = (0..10).map(|_| limiter.check()).collect();
         assert_eq!(verdicts.last(), Some(&Verdict::Abuse));
-        assert!(verdicts[..10].iter().all(|v| *v == Verdict::Reject));
+        assert!(verdicts[..9].iter().all(|v| *v == Verdict::Reject));
     }
 
     #[test]

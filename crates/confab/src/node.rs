@@ -187,7 +187,9 @@ impl Node {
     pub fn admit(self: &Arc<Self>) -> Option<ConnPermit> {
         let max = self.settings.max_connections;
         self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| ConnPermit { node: self.clone() })
     }
@@ -219,7 +221,12 @@ impl Node {
 
     /// Registers the user of a new connection: it receives the user's
     /// direct messages from now on.
-    pub async fn identify(&self, conn: ConnId, user: &UserName, outbox: Outbox) -> Result<(), Refusal> {
+    pub async fn identify(
+        &self,
+        conn: ConnId,
+        user: &UserName,
+        outbox: Outbox,
+    ) -> Result<(), Refusal> {
         self.store.register_user(user).await?;
         self.attach(Topic::User(user.clone()), conn, outbox).await
     }
@@ -263,7 +270,10 @@ impl Node {
                 ..PageQuery::default()
             },
         };
-        let (members, page) = tokio::join!(self.broker.presence(room), self.store.room_page(room, query));
+        let (members, page) = tokio::join!(
+            self.broker.presence(room),
+            self.store.room_page(room, query)
+        );
         let page = match page {
             Ok(page) => page,
             Err(err) => {
@@ -311,9 +321,8 @@ impl Node {
     /// Stores, delivers and returns a message.
     pub async fn submit(&self, draft: Draft) -> Result<Stored, Refusal> {
         let sequencer = self.sequencer.lock().clone();
-        let sequencer = sequencer.ok_or_else(|| {
-            Refusal::new(ErrorCode::Unavailable, "server is shutting down")
-        })?;
+        let sequencer = sequencer
+            .ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "server is shutting down"))?;
         Ok(sequencer.submit(draft).await?)
     }
 

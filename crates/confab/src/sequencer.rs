@@ -50,7 +50,10 @@ impl Sequencer {
     pub async fn submit(&self, draft: Draft) -> Result<Stored, StoreError> {
         let (reply, rx) = oneshot::channel();
         let gone = || StoreError::Unavailable("server is shutting down".into());
-        self.tx.send(Job { draft, reply }).await.map_err(|_| gone())?;
+        self.tx
+            .send(Job { draft, reply })
+            .await
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 }
@@ -75,7 +78,9 @@ async fn run(
             Err(err) => {
                 tracing::warn!(error = %err, batch = jobs.len(), "store append failed");
                 for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(err.to_string())));
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Unavailable(err.to_string())));
                 }
             }
         }

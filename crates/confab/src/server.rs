@@ -12,7 +12,11 @@ use crate::http;
 use crate::node::Node;
 
 /// Starts a node on `listener` and serves until `signal` resolves.
-pub async fn run(listener: TcpListener, settings: Settings, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let node = Node::start(settings).await?;
     serve(listener, node, signal).await
 }
@@ -39,7 +43,10 @@ pub async fn serve(
     // Sessions see the same token and close with 1001; wait for them and
     // for plain HTTP requests, each within the deadline.
     node.tracker.close();
-    if tokio::time::timeout(deadline, node.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(deadline, node.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(?deadline, "connections still open at the shutdown deadline");
     }
     match tokio::time::timeout(deadline, served).await {

@@ -2,9 +2,10 @@
 //! queued events and replies, keeps the heartbeat and enforces the limits.
 //!
 //! The loop `select!`s over, in priority order: shutdown, a kill (slow
-//! consumer, kick), finished acknowledgements, queued events (written in
-//! one flush per batch, so several frames cost one syscall), the socket,
-//! and the heartbeat. Acks are awaited off the loop (in `pending`), so a
+//! consumer, kick), queued events (written in one flush per batch, so
+//! several frames cost one syscall), finished acknowledgements (after the
+//! events, so a sender sees its message before its ack), the socket, and
+//! the heartbeat. Acks are awaited off the loop (in `pending`), so a
 //! connection keeps receiving while its messages are being stored.
 
 use std::collections::HashMap;
@@ -172,18 +173,21 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Some(Close::SHUTDOWN),
+                _ = shutdown.cancelled() => {
+                    finish_pending(socket, &mut pending).await;
+                    return Some(Close::SHUTDOWN);
+                }
                 close = kill.fired() => return Some(close),
+                Some(first) = rx.recv() => {
+                    if self.write_deliveries(socket, first, &mut rx).await.is_err() {
+                        return None;
+                    }
+                }
                 Some(reply) = pending.next(), if !pending.is_empty() => {
                     if let Some(text) = reply {
                         if write(socket, Message::Text(text.into())).await.is_err() {
                             return None;
                         }
-                    }
-                }
-                Some(first) = rx.recv() => {
-                    if self.write_deliveries(socket, first, &mut rx).await.is_err() {
-                        return None;
                     }
                 }
                 msg = socket.recv(), if pending.len() < MAX_PENDING => {
@@ -198,7 +202,10 @@ impl Session {
                     };
                     match flow {
                         Flow::Continue => {}
-                        Flow::Close(close) => return Some(close),
+                        Flow::Close(close) => {
+                            finish_pending(socket, &mut pending).await;
+                            return Some(close);
+                        }
                         Flow::Goodbye => {
                             // The broadcast of `close` is queued for this
                             // connection too: write it before the goodbye.
@@ -261,7 +268,10 @@ impl Session {
             Event::Dm(d) => {
                 let new = d.id > self.dm_high;
                 self.dm_high = self.dm_high.max(d.id);
-                new
+                // The tutorial's peer-to-peer step delivers to the
+                // recipient only; native senders see their DMs on every tab.
+                let own_copy = self.user.as_ref() == Some(&d.from) && d.from != d.to;
+                new && !(own_copy && self.encoding == Encoding::Seed(Dialect::UserJson))
             }
             Event::Presence { room, .. } => self.rooms.contains_key(room),
             Event::Typing { from, .. } => self.user.as_ref() != Some(from),
@@ -299,10 +309,7 @@ impl Session {
             Verdict::Allow => {}
             Verdict::Abuse => return Flow::Close(Close::FLOOD),
             Verdict::Reject => {
-                let refusal = Refusal::new(
-                    ErrorCode::RateLimited,
-                    "too many messages: slow down",
-                );
+                let refusal = Refusal::new(ErrorCode::RateLimited, "too many messages: slow down");
                 let _ = self.refuse(socket, None, refusal).await;
                 return Flow::Continue;
             }
@@ -345,7 +352,12 @@ impl Session {
         Ok(())
     }
 
-    async fn on_seed_text(&mut self, socket: &mut WebSocket, text: &str, pending: &mut Pending) -> Flow {
+    async fn on_seed_text(
+        &mut self,
+        socket: &mut WebSocket,
+        text: &str,
+        pending: &mut Pending,
+    ) -> Flow {
         let seed = self.seed.as_ref().expect("a seed session");
         let (dialect, close_command) = (seed.dialect, seed.close_command);
         let user = self.user.clone().expect("seed sessions have a user");
@@ -407,7 +419,12 @@ impl Session {
         Flow::Continue
     }
 
-    async fn on_command(&mut self, socket: &mut WebSocket, cmd: Command, pending: &mut Pending) -> Flow {
+    async fn on_command(
+        &mut self,
+        socket: &mut WebSocket,
+        cmd: Command,
+        pending: &mut Pending,
+    ) -> Flow {
         let reply_to = cmd.id().map(str::to_owned);
         let Some(user) = self.user.clone() else {
             return match cmd {
@@ -472,7 +489,9 @@ impl Session {
                         async move {
                             if let Draft::Direct { to, .. } = &draft {
                                 if let Err(refusal) = node.check_recipient(to).await {
-                                    return Some(Reply::error(id, refusal.code, refusal.message).encode());
+                                    return Some(
+                                        Reply::error(id, refusal.code, refusal.message).encode(),
+                                    );
                                 }
                             }
                             Some(ack(id, node.submit(draft).await))
@@ -485,26 +504,49 @@ impl Session {
             },
             Command::Typing { room, to, active } => {
                 let topic = match (&room, &to) {
-                    (Some(room), None) if self.rooms.contains_key(room) => Ok(Topic::Room(room.clone())),
+                    (Some(room), None) if self.rooms.contains_key(room) => {
+                        Ok(Topic::Room(room.clone()))
+                    }
                     (Some(room), None) => Err(not_member(room)),
                     (None, Some(to)) => Ok(Topic::User(to.clone())),
-                    _ => Err(Refusal::new(ErrorCode::Invalid, "give exactly one of `room` and `to`")),
+                    _ => Err(Refusal::new(
+                        ErrorCode::Invalid,
+                        "give exactly one of `room` and `to`",
+                    )),
                 };
                 match topic {
                     Ok(topic) => {
-                        let event = Event::Typing { room, to, from: user, active };
+                        let event = Event::Typing {
+                            room,
+                            to,
+                            from: user,
+                            active,
+                        };
                         self.node.publish(topic, event).await;
                         return Flow::Continue;
                     }
                     Err(refusal) => Err(refusal),
                 }
             }
-            Command::History { id, room, with, before, after, limit } => {
-                self.history(id, room, with, &user, PageQuery {
-                    before,
-                    after,
-                    limit: limit.unwrap_or(50).clamp(1, MAX_PAGE),
-                })
+            Command::History {
+                id,
+                room,
+                with,
+                before,
+                after,
+                limit,
+            } => {
+                self.history(
+                    id,
+                    room,
+                    with,
+                    &user,
+                    PageQuery {
+                        before,
+                        after,
+                        limit: limit.unwrap_or(50).clamp(1, MAX_PAGE),
+                    },
+                )
                 .await
             }
             Command::Rooms { id } => self
@@ -512,7 +554,10 @@ impl Session {
                 .broker
                 .rooms()
                 .await
-                .map(|rooms| Reply::Rooms { reply_to: id, rooms })
+                .map(|rooms| Reply::Rooms {
+                    reply_to: id,
+                    rooms,
+                })
                 .map_err(Refusal::from),
             Command::Ping { id } => Ok(Reply::Pong {
                 reply_to: id,
@@ -542,18 +587,23 @@ impl Session {
         token: Option<String>,
         dm_since: Option<i64>,
     ) -> Flow {
-        let user = match crate::auth::identify(&self.node.settings, name.as_deref(), token.as_deref()) {
-            Ok(user) => user,
-            Err(refusal) => {
-                let code = refusal.code;
-                let _ = self.refuse(socket, id, refusal).await;
-                return match code {
-                    ErrorCode::Unauthorized => Flow::Close(Close::UNAUTHORIZED),
-                    _ => Flow::Continue,
-                };
-            }
-        };
-        if let Err(refusal) = self.node.identify(self.conn, &user, self.outbox.clone()).await {
+        let user =
+            match crate::auth::identify(&self.node.settings, name.as_deref(), token.as_deref()) {
+                Ok(user) => user,
+                Err(refusal) => {
+                    let code = refusal.code;
+                    let _ = self.refuse(socket, id, refusal).await;
+                    return match code {
+                        ErrorCode::Unauthorized => Flow::Close(Close::UNAUTHORIZED),
+                        _ => Flow::Continue,
+                    };
+                }
+            };
+        if let Err(refusal) = self
+            .node
+            .identify(self.conn, &user, self.outbox.clone())
+            .await
+        {
             let _ = self.refuse(socket, id, refusal).await;
             return Flow::Continue;
         }
@@ -631,12 +681,7 @@ impl Session {
             .await
         {
             Ok(joined) => {
-                let high = joined
-                    .history
-                    .last()
-                    .map(|m| m.id)
-                    .or(since)
-                    .unwrap_or(0);
+                let high = joined.history.last().map(|m| m.id).or(since).unwrap_or(0);
                 self.rooms.insert(room.clone(), high);
                 reply_frame(&Reply::Joined {
                     reply_to: id,
@@ -701,6 +746,23 @@ impl Session {
         }
         self.node.forget(self.conn, &user);
     }
+}
+
+/// Before a close the connection chose (shutdown, abuse): write the
+/// answers to sends already under way, so a stored message is acked.
+/// Bounded, so a stuck store cannot hold the close.
+async fn finish_pending(socket: &mut WebSocket, pending: &mut Pending) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(reply) = pending.next().await {
+            if let Some(text) = reply {
+                if socket.feed(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let _ = socket.flush().await;
 }
 
 fn not_member(room: &RoomName) -> Refusal {

@@ -72,9 +72,6 @@ pub trait Broker: Send + Sync + 'static {
 pub async fn open(url: &str, deliver: Arc<dyn Deliver>) -> anyhow::Result<Arc<dyn Broker>> {
     match url {
         "memory" | "memory://" => Ok(Arc::new(memory::MemoryBroker::new(deliver))),
-        other => anyhow::bail!(
-            "unsupported broker URL `{}`",
-            crate::store::redact(other)
-        ),
+        other => anyhow::bail!("unsupported broker URL `{}`", crate::store::redact(other)),
     }
 }

@@ -134,17 +134,17 @@ impl Command {
         let value: Value = match serde_json::from_str(text) {
             Ok(Value::Object(map)) => Value::Object(map),
             Ok(_) => {
-                return reject(ErrorCode::Malformed, "frame is not a JSON object".into(), None)
+                return reject(
+                    ErrorCode::Malformed,
+                    "frame is not a JSON object".into(),
+                    None,
+                )
             }
             Err(e) => return reject(ErrorCode::Malformed, format!("not JSON: {e}"), None),
         };
         let reply_to = value.get("id").and_then(Value::as_str).map(str::to_owned);
         let Some(kind) = value.get("type").and_then(Value::as_str) else {
-            return reject(
-                ErrorCode::Invalid,
-                "missing field `type`".into(),
-                reply_to,
-            );
+            return reject(ErrorCode::Invalid, "missing field `type`".into(), reply_to);
         };
         if !COMMANDS.contains(&kind) {
             return reject(
@@ -352,9 +352,15 @@ mod tests {
         let r = Command::decode("[1]").unwrap_err();
         assert_eq!(r.code, ErrorCode::Malformed);
         let r = Command::decode(r#"{"type":"fly","id":"7"}"#).unwrap_err();
-        assert_eq!((r.code, r.reply_to.as_deref()), (ErrorCode::UnknownType, Some("7")));
+        assert_eq!(
+            (r.code, r.reply_to.as_deref()),
+            (ErrorCode::UnknownType, Some("7"))
+        );
         let r = Command::decode(r#"{"type":"send","id":"8","room":"lobby"}"#).unwrap_err();
-        assert_eq!((r.code, r.reply_to.as_deref()), (ErrorCode::Invalid, Some("8")));
+        assert_eq!(
+            (r.code, r.reply_to.as_deref()),
+            (ErrorCode::Invalid, Some("8"))
+        );
         assert!(r.message.contains("body"), "{}", r.message);
         let r = Command::decode(r#"{"type":"join","room":""}"#).unwrap_err();
         assert_eq!(r.code, ErrorCode::InvalidRoom);

@@ -144,7 +144,10 @@ mod tests {
             ErrorCode::Malformed
         );
         assert_eq!(
-            Dialect::RoomJson.decode(r#"{"msg":"hi"}"#).unwrap_err().code,
+            Dialect::RoomJson
+                .decode(r#"{"msg":"hi"}"#)
+                .unwrap_err()
+                .code,
             ErrorCode::Invalid
         );
         assert!(!Dialect::RoomJson

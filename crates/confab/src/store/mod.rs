@@ -111,12 +111,20 @@ pub trait Store: Send + Sync + 'static {
     /// A page of a room's history.
     async fn room_page(&self, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>>;
     /// A page of the conversation between two users.
-    async fn dm_page(&self, a: &UserName, b: &UserName, q: PageQuery)
-        -> Result<Paged<DirectMessage>>;
+    async fn dm_page(
+        &self,
+        a: &UserName,
+        b: &UserName,
+        q: PageQuery,
+    ) -> Result<Paged<DirectMessage>>;
     /// Direct messages to or from `user` with ids above `after`, oldest
     /// first (resume after a reconnect).
-    async fn dms_since(&self, user: &UserName, after: i64, limit: u32)
-        -> Result<Paged<DirectMessage>>;
+    async fn dms_since(
+        &self,
+        user: &UserName,
+        after: i64,
+        limit: u32,
+    ) -> Result<Paged<DirectMessage>>;
     /// Direct messages to `user` never delivered to any of its
     /// connections, oldest first.
     async fn undelivered_dms(&self, user: &UserName, limit: u32) -> Result<Vec<DirectMessage>>;

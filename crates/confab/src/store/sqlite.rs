@@ -75,7 +75,10 @@ fn direct_message(row: &sqlx::sqlite::SqliteRow) -> Result<DirectMessage> {
     })
 }
 
-fn parse_name<T, E: std::fmt::Display>(s: String, parse: fn(&str) -> std::result::Result<T, E>) -> Result<T> {
+fn parse_name<T, E: std::fmt::Display>(
+    s: String,
+    parse: fn(&str) -> std::result::Result<T, E>,
+) -> Result<T> {
     parse(&s).map_err(|e| super::StoreError::Unavailable(format!("stored name `{s}`: {e}")))
 }
 
@@ -98,7 +101,12 @@ impl Store for SqliteStore {
         let ts = now_ms();
         for draft in batch {
             match draft {
-                Draft::Room { room, from, body, client_id } => {
+                Draft::Room {
+                    room,
+                    from,
+                    body,
+                    client_id,
+                } => {
                     let id: i64 = sqlx::query_scalar(
                         "INSERT INTO rooms (name, last_id) VALUES ($1, 1) \
                          ON CONFLICT (name) DO UPDATE SET last_id = rooms.last_id + 1 \
@@ -128,7 +136,12 @@ impl Store for SqliteStore {
                         client_id: client_id.clone(),
                     }));
                 }
-                Draft::Direct { from, to, body, client_id } => {
+                Draft::Direct {
+                    from,
+                    to,
+                    body,
+                    client_id,
+                } => {
                     let id: i64 = sqlx::query_scalar(
                         "INSERT INTO direct_messages (sender, recipient, body, client_id, ts) \
                          VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -207,7 +220,10 @@ impl Store for SqliteStore {
             .bind(i64::from(q.limit) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let items = rows.iter().map(direct_message).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(direct_message)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, q.limit, newest_first))
     }
 
@@ -226,7 +242,10 @@ impl Store for SqliteStore {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let items = rows.iter().map(direct_message).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(direct_message)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, false))
     }
 
@@ -252,11 +271,13 @@ impl Store for SqliteStore {
     }
 
     async fn register_user(&self, user: &UserName) -> Result<()> {
-        sqlx::query("INSERT INTO users (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(user.as_str())
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO users (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(user.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
