@@ -2,9 +2,9 @@
 //! connection with 1001, drain the sequencer and close the store.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -28,7 +28,14 @@ pub async fn serve(
     node: Arc<Node>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = http::router(node.clone());
+    // Chat frames are small and latency matters: never let Nagle's
+    // algorithm hold one back waiting for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
     let token = node.shutdown.clone();
     let stop = async move {
         signal.await;
