@@ -137,7 +137,6 @@ async function resume(c) {
   await Promise.all(myRooms.map((room) => joinRoom(conversation(key.room(room)))));
   const current = convs.get(active);
   if (current?.kind === 'dm') await loadNewest(current);
-  for (const conv of convs.values()) flushPending(conv);
 }
 
 async function joinRoom(c) {
@@ -185,7 +184,7 @@ async function joinRoom(c) {
 
 /** The newest page of a conversation not loaded yet (direct messages). */
 async function loadNewest(c) {
-  if (c.loaded || c.kind !== 'dm' || !conn.isOpen) return;
+  if (c.loaded || c.kind !== 'dm') return;
   const reply = await conn.request({ type: 'history', with: c.name, limit: PAGE });
   c.more = reply.more;
   c.loaded = true;
@@ -274,7 +273,15 @@ conn.addEventListener('state', (ev) => {
   ui.toggle.textContent = { open: 'Disconnect', connecting: 'Disconnect', waiting: 'Reconnect now' }[state] ?? 'Reconnect';
   ui.toggle.dataset.action = state === 'open' || state === 'connecting' ? 'disconnect' : 'connect';
   document.body.dataset.connection = state;
-  if (state === 'open') notice('');
+  if (state === 'open') {
+    notice('');
+    // Rooms opened while (re)connecting, then messages written offline.
+    for (const room of myRooms) {
+      const c = conversation(key.room(room));
+      if (!c.loaded) joinRoom(c).catch(() => {});
+    }
+    for (const c of convs.values()) flushPending(c);
+  }
   else if (state === 'closed' && reason) notice(reason);
   if (state !== 'open') {
     for (const c of convs.values()) {
@@ -667,12 +674,12 @@ function renderMembers() {
   if (c.kind === 'dm') {
     ui.membersTitle.textContent = 'Private conversation';
     replaceChildren(ui.members, h('li', { class: 'muted small' }, `Only you and ${c.name} can see these messages.`));
-    ui.membersToggle.textContent = 'Info';
+    replaceChildren(ui.membersToggle, 'Info');
     return;
   }
   const names = [...c.members].sort((a, b) => (a === me ? -1 : b === me ? 1 : a.localeCompare(b)));
   ui.membersTitle.textContent = `Online · ${names.length}`;
-  ui.membersToggle.textContent = `Members (${names.length})`;
+  replaceChildren(ui.membersToggle, h('span', { 'aria-hidden': 'true' }, `👥 ${names.length}`), h('span', { class: 'visually-hidden' }, `Members (${names.length})`));
   replaceChildren(
     ui.members,
     names.map((user) =>
