@@ -653,7 +653,7 @@ function renderLists() {
         h(
           'button',
           { type: 'button', class: 'conv-link', 'aria-current': current ? 'true' : null, dataset: { peer }, onclick: () => activate(c.key) },
-          h('span', { class: 'avatar small', 'aria-hidden': 'true' }, initial(peer)),
+          h('span', { class: `avatar small ${hue(peer)}`, 'aria-hidden': 'true' }, initial(peer)),
           h('span', { class: 'label', dir: 'auto' }, peer),
           badge(c),
         ),
@@ -687,11 +687,11 @@ function renderMembers() {
         'li',
         { dataset: { user } },
         user === me
-          ? h('span', { class: 'member self' }, h('span', { class: 'avatar', 'aria-hidden': 'true' }, initial(user)), h('span', { class: 'label', dir: 'auto' }, user), h('span', { class: 'muted small' }, ' (you)'))
+          ? h('span', { class: 'member self' }, h('span', { class: `avatar ${hue(user)}`, 'aria-hidden': 'true' }, initial(user)), h('span', { class: 'label', dir: 'auto' }, user), h('span', { class: 'muted small' }, ' (you)'))
           : h(
             'button',
             { type: 'button', class: 'member', title: `Message ${user} privately`, onclick: () => openDm(user, { activate: true }) },
-            h('span', { class: 'avatar', 'aria-hidden': 'true' }, initial(user)),
+            h('span', { class: `avatar ${hue(user)}`, 'aria-hidden': 'true' }, initial(user)),
             h('span', { class: 'label', dir: 'auto' }, user),
             h('span', { class: 'visually-hidden' }, ' — send a direct message'),
           ),
@@ -702,6 +702,13 @@ function renderMembers() {
 
 function initial(name) {
   return [...name][0]?.toUpperCase() ?? '?';
+}
+
+/** A stable colour class for a user's avatar. */
+function hue(name) {
+  let n = 0;
+  for (const ch of name) n = (n * 31 + ch.codePointAt(0)) >>> 0;
+  return `hue-${n % 8}`;
 }
 
 function activate(k, { push = true } = {}) {
