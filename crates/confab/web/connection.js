@@ -188,10 +188,10 @@ export class Connection extends EventTarget {
     this.#pending.clear();
   }
 
-  /** Drops the socket and reconnects at once (a dead or stuck connection). */
+  /** Drops a dead or stuck connection and tries again, with backoff. */
   #restart() {
     this.#drop();
-    if (this.#wanted) this.#schedule(0);
+    if (this.#wanted) this.#lost(1006, '');
   }
 
   #lost(code, reason) {

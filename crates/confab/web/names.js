@@ -9,7 +9,6 @@ export function nameProblem(name, { user = false } = {}) {
   if (!name || !name.trim()) return 'Type a name.';
   if ([...name].length > MAX_CHARS) return `At most ${MAX_CHARS} characters.`;
   if (name.trim() !== name) return 'No spaces at the start or end.';
-  // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f-\u009f/]/u.test(name)) return 'No slashes or control characters.';
   if (user && RESERVED_USERS.includes(name)) return `"${name}" is reserved; pick another name.`;
   return null;

@@ -88,6 +88,7 @@ function conversation(k) {
       members: new Set(),
       typing: new Map(),
       pending: new Map(),
+      sending: false,
       draft: '',
       typingSentAt: 0,
     };
@@ -472,48 +473,57 @@ function sendMessage(body) {
     notice(`That message is too long (the limit is ${Math.floor(maxBytes / 1024)} KiB).`);
     return false;
   }
-  const p = { clientId: conn.newId('m'), body, error: null, inflight: false };
+  const p = { clientId: conn.newId('m'), body, error: null };
   c.pending.set(p.clientId, p);
   ui.messages.append(pendingItem(c, p));
   scrollToBottom();
-  transmit(c, p);
+  pump(c);
   return true;
 }
 
-function transmit(c, p) {
-  if (!conn.isOpen || p.inflight || p.error) return;
-  p.inflight = true;
+/**
+ * Sends a conversation's pending messages one at a time, in the order
+ * they were written, each with its own client id (so one the server
+ * stored before a drop is matched, not sent twice).
+ */
+function pump(c) {
+  if (c.sending || !conn.isOpen) return;
+  const p = [...c.pending.values()].find((m) => !m.error);
+  if (!p) return;
+  c.sending = true;
   const command = c.kind === 'room'
     ? { type: 'send', id: p.clientId, room: c.name, body: p.body }
     : { type: 'dm', id: p.clientId, to: c.name, body: p.body };
   conn.request(command).then(
     (ack) => {
-      p.inflight = false;
+      c.sending = false;
       // Normally the message event came first; if not, the ack says enough.
       if (c.pending.has(p.clientId)) {
         shown(c, addMessages(c, [{ id: ack.msg_id, from: me, to: c.name, body: p.body, ts: ack.ts, client_id: p.clientId }]));
-        if (c.kind === 'dm' && ack.msg_id > dmHigh) {
-          dmHigh = ack.msg_id;
-          saveDms();
-        }
       }
+      if (c.kind === 'dm' && ack.msg_id > dmHigh) {
+        dmHigh = ack.msg_id;
+        saveDms();
+      }
+      pump(c);
     },
     (err) => {
-      p.inflight = false;
+      c.sending = false;
       if (!(err instanceof CommandError)) throw err;
-      if (err.code === 'offline' || err.code === 'timeout') return; // resent on resume
+      if (err.code === 'offline' || err.code === 'timeout') return; // sent again once reconnected
       if (err.temporary) {
-        setTimeout(() => transmit(c, p), 1000);
+        setTimeout(() => pump(c), 1000); // rate limited or unavailable: try again
         return;
       }
       p.error = err.message;
       if (c.key === active) renderAll();
+      pump(c);
     },
   );
 }
 
 function flushPending(c) {
-  for (const p of c.pending.values()) transmit(c, p);
+  pump(c);
   if (c.key === active) renderPendingStates();
 }
 

@@ -37,14 +37,15 @@ test('after a server restart the pages reconnect and miss nothing, doubling noth
 
   // Rosa writes while the server is down: kept, and sent on reconnect.
   await send(bob, 'during outage');
-  await bob.page.locator('#messages .pending', { hasText: 'during outage' }).waitFor();
+  await send(bob, 'during outage, again');
+  await bob.page.locator('#messages .pending', { hasText: 'again' }).filter({ hasText: 'Waiting for the connection' }).waitFor();
 
   // Quinn's network is down for longer, so she resumes after the others
   // have moved on.
   await alice.context.setOffline(true);
   await env.server.start();
   await waitState(bob, 'open');
-  await waitForBody(bob, 'during outage', { timeout: 30000 });
+  await waitForBody(bob, 'during outage, again', { timeout: 30000 });
   const after = ['after 1', 'after 2 🎉', 'after 3'];
   for (const text of after) await sendAndWait(bob, text);
   // Quinn is offline (not in the member list): the conversation is in the sidebar.
@@ -56,7 +57,7 @@ test('after a server restart the pages reconnect and miss nothing, doubling noth
   assert.ok(!(await alice.page.locator('#messages').textContent()).includes('after 1'));
   await alice.context.setOffline(false);
   await waitConnected(alice);
-  const expected = ['before 1', 'before 2', 'during outage', ...after];
+  const expected = ['before 1', 'before 2', 'during outage', 'during outage, again', ...after];
   await waitForBodies(alice, expected, { timeout: 30000 });
   await waitForBodies(bob, expected);
   const ids = (await shownMessages(alice)).map((m) => m.id);
