@@ -20,8 +20,9 @@ use crate::web;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/web/") }))
-        .route("/web/", get(web::page))
+        .route("/web/", get(web::lobby))
         .route("/web/{room}/", get(web::page))
+        .route("/assets/{file}", get(web::asset))
         .route("/socket", get(native))
         .route("/chat/", get(chat))
         .route("/ws/", get(global))
