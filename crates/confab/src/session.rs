@@ -313,7 +313,8 @@ impl Session {
             Verdict::Abuse => return Flow::Close(Close::FLOOD),
             Verdict::Reject => {
                 let refusal = Refusal::new(ErrorCode::RateLimited, "too many messages: slow down");
-                let _ = self.refuse(socket, None, refusal).await;
+                let reply_to = crate::protocol::native::frame_id(text);
+                let _ = self.refuse(socket, reply_to, refusal).await;
                 return Flow::Continue;
             }
         }

@@ -189,6 +189,16 @@ impl Command {
     }
 }
 
+/// The `id` of a frame that is otherwise not read (one refused by the
+/// rate limiter), so its error can still name the command it answers.
+pub fn frame_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok()?.id
+}
+
 /// A room and how many users are in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomInfo {

@@ -80,6 +80,7 @@ async fn flooding_is_refused_then_closed_while_others_carry_on() {
                     "ack" => acks += 1,
                     "error" => {
                         assert_eq!(v["code"], "rate_limited");
+                        assert!(v["reply_to"].as_str().unwrap().starts_with('f'));
                         assert_eq!(v["temporary"], true);
                         limited += 1;
                     }
