@@ -156,7 +156,7 @@ impl Node {
             hub: hub.clone(),
             receipts: receipts.clone(),
         });
-        let broker = broker::open(&settings.broker, deliver).await?;
+        let broker = broker::connect(&settings, deliver, store.clone()).await?;
         let (sequencer, sequencer_task) = Sequencer::start(store.clone(), broker.clone(), |_| {});
         let node = Arc::new(Node {
             settings,
