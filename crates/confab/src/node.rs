@@ -150,7 +150,10 @@ impl Node {
     /// sequencer.
     pub async fn start(settings: Settings) -> anyhow::Result<Arc<Node>> {
         let store = store::open(&settings.store).await?;
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(match settings.broker.as_str() {
+            "memory" | "memory://" => Hub::default(),
+            _ => Hub::starting_at(broker::redis::conn_base(&settings.node_id)),
+        });
         let receipts = Arc::new(Receipts::default());
         let deliver = Arc::new(LocalDelivery {
             hub: hub.clone(),

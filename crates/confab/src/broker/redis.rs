@@ -47,6 +47,15 @@ const GAP_GRACE: Duration = Duration::from_millis(5);
 /// Most messages fetched by one gap fill or catch-up query.
 const FILL_PAGE: u32 = 500;
 
+/// Where a node's connection numbers start: a million-wide block picked
+/// by its id, so guests on different nodes get different names.
+pub fn conn_base(node_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node_id.hash(&mut h);
+    (h.finish() % 1_000_000 + 1) * 1_000_000
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }

@@ -299,11 +299,16 @@ async fn tutorial_clients_on_two_nodes_share_a_room() {
 
     a.send_json(json!({"message": "hi from a"})).await;
 
-    assert_eq!(b.next_json().await["message"], "hi from a");
     assert_eq!(a.next_json().await["message"], "hi from a");
     assert_eq!(native.expect("message").await["body"], "hi from a");
     b.send_json(json!({"message": "hi from b"})).await;
-    assert_eq!(a.next_json().await["message"], "hi from b");
+    let from_b = a.next_json().await;
+    assert_eq!(from_b["message"], "hi from b");
+    // Guests on different nodes get different names.
+    let from_a = b.next_json().await;
+    let from_b_there = b.next_json().await;
+    assert_eq!(from_b_there["user"], from_b["user"]);
+    assert_ne!(from_a["user"], from_b["user"]);
 
     let mut chat2 = n1.connect("/chat/").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
