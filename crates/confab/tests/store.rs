@@ -181,6 +181,10 @@ async fn sqlite_keeps_the_store_contract() {
 #[tokio::test]
 async fn postgres_keeps_the_store_contract() {
     let Ok(admin) = std::env::var("CONFAB_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CONFAB_TEST_POSTGRES_URL must be set in CI"
+        );
         println!("SKIP postgres_keeps_the_store_contract: set CONFAB_TEST_POSTGRES_URL to run it");
         return;
     };

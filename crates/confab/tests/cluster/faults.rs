@@ -21,7 +21,7 @@ async fn nodes_ride_out_a_redis_restart_and_lose_no_acknowledged_message() {
         .output()
         .is_err()
     {
-        println!("SKIP redis_restart: no redis-server on PATH");
+        crate::harness::skip("redis_restart", "no redis-server on PATH");
         return;
     }
     let db = TestDb::create(&pg).await;

@@ -12,6 +12,15 @@ use serde_json::json;
 
 use crate::common::Client;
 
+/// Says why a test is skipped; under `CI=true` a skip is a failure.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} cannot be skipped in CI: {why}"
+    );
+    println!("SKIP {test}: {why}");
+}
+
 /// The shared services, or `None` (and a SKIP line) when unset.
 pub fn services(test: &str) -> Option<(String, String)> {
     match (
@@ -20,8 +29,9 @@ pub fn services(test: &str) -> Option<(String, String)> {
     ) {
         (Ok(redis), Ok(pg)) => Some((redis, pg)),
         _ => {
-            println!(
-                "SKIP {test}: set CONFAB_TEST_REDIS_URL and CONFAB_TEST_POSTGRES_URL to run it"
+            skip(
+                test,
+                "set CONFAB_TEST_REDIS_URL and CONFAB_TEST_POSTGRES_URL to run it",
             );
             None
         }
@@ -33,7 +43,7 @@ pub fn postgres(test: &str) -> Option<String> {
     match std::env::var("CONFAB_TEST_POSTGRES_URL") {
         Ok(pg) => Some(pg),
         Err(_) => {
-            println!("SKIP {test}: set CONFAB_TEST_POSTGRES_URL to run it");
+            skip(test, "set CONFAB_TEST_POSTGRES_URL to run it");
             None
         }
     }
