@@ -56,10 +56,10 @@ pub struct Overrides {
     /// Address to listen on [default: 127.0.0.1:8000]
     #[arg(long, env = "CONFAB_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// History store: sqlite://PATH or sqlite::memory: [default: sqlite://confab-data/confab.db]
+    /// History store: sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB [default: sqlite://confab-data/confab.db]
     #[arg(long, env = "CONFAB_STORE", value_name = "URL")]
     pub store: Option<String>,
-    /// Fan-out and presence broker: memory [default: memory]
+    /// Fan-out and presence broker: memory or redis://HOST:PORT/ [default: memory]
     #[arg(long, env = "CONFAB_BROKER", value_name = "URL")]
     pub broker: Option<String>,
     /// Origins allowed to open WebSockets besides the server's own host
@@ -112,6 +112,15 @@ pub struct Overrides {
     /// Seconds to wait for connections to close on shutdown [default: 10]
     #[arg(long, env = "CONFAB_SHUTDOWN_TIMEOUT", value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
+    /// This node's name in a cluster; unique per running process [default: random]
+    #[arg(long, env = "CONFAB_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Seconds after which a silent node's users leave its rooms (cluster presence) [default: 15]
+    #[arg(long, env = "CONFAB_NODE_TTL", value_name = "SECS")]
+    pub node_ttl: Option<u64>,
+    /// Prefix of every Redis key and channel; nodes of one cluster share it [default: confab]
+    #[arg(long, env = "CONFAB_CLUSTER_NAME", value_name = "NAME")]
+    pub cluster_name: Option<String>,
 }
 
 /// The effective settings.
@@ -149,6 +158,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Shutdown deadline.
     pub shutdown_timeout: Duration,
+    /// This node's name in a cluster.
+    pub node_id: String,
+    /// How long a node may stay silent before its presence is removed.
+    pub node_ttl: Duration,
+    /// Prefix of Redis keys and channels.
+    pub cluster_name: String,
 }
 
 impl Default for Settings {
@@ -184,7 +199,10 @@ impl Overrides {
             history_replay,
             token_secret,
             log_format,
-            shutdown_timeout
+            shutdown_timeout,
+            node_id,
+            node_ttl,
+            cluster_name
         )
     }
 
@@ -229,6 +247,9 @@ impl Settings {
             token_secret: o.token_secret,
             log_format: o.log_format.unwrap_or(LogFormat::Text),
             shutdown_timeout: Duration::from_secs(o.shutdown_timeout.unwrap_or(10)),
+            node_id: o.node_id.unwrap_or_else(random_node_id),
+            node_ttl: Duration::from_secs(o.node_ttl.unwrap_or(15)),
+            cluster_name: o.cluster_name.unwrap_or_else(|| "confab".into()),
         };
         s.validate()?;
         Ok(s)
@@ -252,6 +273,22 @@ impl Settings {
             self.rate_limit == 0 || self.rate_burst >= 1,
             "rate_burst must be at least 1"
         );
+        for (what, value) in [
+            ("node_id", &self.node_id),
+            ("cluster_name", &self.cluster_name),
+        ] {
+            anyhow::ensure!(
+                !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'),
+                "{what} must be letters, digits, `-`, `_` or `.`"
+            );
+        }
+        anyhow::ensure!(
+            self.node_ttl >= Duration::from_secs(2),
+            "node_ttl must be at least 2 seconds"
+        );
         if let Some(secret) = &self.token_secret {
             anyhow::ensure!(
                 secret.expose().len() >= 16,
@@ -260,6 +297,15 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// A node name unlikely to repeat: process id and start time.
+fn random_node_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("n{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
 }
 
 #[cfg(test)]

@@ -43,6 +43,15 @@ pub struct Fanout {
 }
 
 impl Hub {
+    /// A hub whose connection numbers start above `base`, so that guest
+    /// names (`guest-<n>`) made on different nodes of a cluster differ.
+    pub fn starting_at(base: u64) -> Hub {
+        Hub {
+            next_conn: AtomicU64::new(base),
+            ..Hub::default()
+        }
+    }
+
     /// A new connection number.
     pub fn next_conn(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1

@@ -9,8 +9,8 @@
 //! * [`outbox`]: a connection's bounded queue and the shared, once-encoded
 //!   [`outbox::Delivery`]; the slow-consumer policy.
 //! * [`hub`]: local rooms and users, local fan-out.
-//! * [`broker`]: cross-node fan-out and presence (`memory`).
-//! * [`store`]: history (`sqlite`).
+//! * [`broker`]: cross-node fan-out and presence (`memory`, `redis`).
+//! * [`store`]: history (`sqlite`, `postgres`).
 //! * [`sequencer`]: store → publish → acknowledge, batched.
 //! * [`node`]: this server; owns the above and keeps them in step.
 //! * [`http`], [`web`]: routes, upgrades, pages.

@@ -150,13 +150,16 @@ impl Node {
     /// sequencer.
     pub async fn start(settings: Settings) -> anyhow::Result<Arc<Node>> {
         let store = store::open(&settings.store).await?;
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(match settings.broker.as_str() {
+            "memory" | "memory://" => Hub::default(),
+            _ => Hub::starting_at(broker::redis::conn_base(&settings.node_id)),
+        });
         let receipts = Arc::new(Receipts::default());
         let deliver = Arc::new(LocalDelivery {
             hub: hub.clone(),
             receipts: receipts.clone(),
         });
-        let broker = broker::open(&settings.broker, deliver).await?;
+        let broker = broker::connect(&settings, deliver, store.clone()).await?;
         let (sequencer, sequencer_task) = Sequencer::start(store.clone(), broker.clone(), |_| {});
         let node = Arc::new(Node {
             settings,

@@ -3,6 +3,7 @@
 //! of the topics it is subscribed to (its own included).
 //!
 //! * [`memory`]: one process; publish is a direct call into the hub.
+//! * [`redis`]: a cluster of nodes sharing a Redis (`docs/cluster.md`).
 //!
 //! Contract, which every implementation keeps:
 //! * `publish` delivers to every node subscribed to the topic at that
@@ -17,6 +18,7 @@
 //!   connection anywhere), `presence_remove` whether it just left.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -68,10 +70,28 @@ pub trait Broker: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Opens the broker a URL names: `memory`.
+/// Opens a single-node broker a URL names: `memory`.
 pub async fn open(url: &str, deliver: Arc<dyn Deliver>) -> anyhow::Result<Arc<dyn Broker>> {
     match url {
         "memory" | "memory://" => Ok(Arc::new(memory::MemoryBroker::new(deliver))),
         other => anyhow::bail!("unsupported broker URL `{}`", crate::store::redact(other)),
+    }
+}
+
+/// Opens the broker `settings.broker` names: `memory`, or
+/// `redis://HOST:PORT/` for a cluster, whose receivers fill gaps from
+/// `store`.
+pub async fn connect(
+    settings: &crate::config::Settings,
+    deliver: Arc<dyn Deliver>,
+    store: Arc<dyn crate::store::Store>,
+) -> anyhow::Result<Arc<dyn Broker>> {
+    let url = settings.broker.as_str();
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(Arc::new(
+            self::redis::RedisBroker::open(settings, deliver, store).await?,
+        ))
+    } else {
+        open(url, deliver).await
     }
 }

@@ -4,7 +4,9 @@
 //! has it (see `sequencer`).
 //!
 //! * [`sqlite`]: the embedded default, one file (or memory).
+//! * [`postgres`]: shared by the nodes of a cluster.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -142,10 +144,13 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Opens the store a URL names: `sqlite://PATH` or `sqlite::memory:`.
+/// Opens the store a URL names: `sqlite://PATH`, `sqlite::memory:` or
+/// `postgres://…`.
 pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(url).await?))
     } else {
         anyhow::bail!("unsupported store URL scheme in `{}`", redact(url))
     }

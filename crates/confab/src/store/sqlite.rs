@@ -75,7 +75,7 @@ fn direct_message(row: &sqlx::sqlite::SqliteRow) -> Result<DirectMessage> {
     })
 }
 
-fn parse_name<T, E: std::fmt::Display>(
+pub(super) fn parse_name<T, E: std::fmt::Display>(
     s: String,
     parse: fn(&str) -> std::result::Result<T, E>,
 ) -> Result<T> {
@@ -84,7 +84,7 @@ fn parse_name<T, E: std::fmt::Display>(
 
 /// Turns rows fetched newest-first or oldest-first, one more than the
 /// limit, into an oldest-first page.
-fn page<T>(mut items: Vec<T>, limit: u32, newest_first: bool) -> Paged<T> {
+pub(super) fn page<T>(mut items: Vec<T>, limit: u32, newest_first: bool) -> Paged<T> {
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
     if newest_first {

@@ -1,0 +1,363 @@
+//! The cluster store: PostgreSQL, shared by every node. Same contract as
+//! SQLite, and the same queries where the dialects agree.
+//!
+//! What a cluster adds: several nodes append at once. A batch locks, in
+//! room-name order and then the direct-message sequence row, the counters
+//! it draws ids from, and holds them until it commits. So ids are dense
+//! (a rolled-back batch gives its ids back) and every id is committed
+//! before the next one is handed out: a node that receives message `n`
+//! knows `n - 1` is already in the store, which is what lets receivers
+//! fill gaps from history (see `broker::redis`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use super::sqlite::{page, parse_name};
+use super::{Draft, PageQuery, Paged, Result, Store, Stored};
+use crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
+
+/// History in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and applies the migrations (under PostgreSQL's
+    /// advisory lock, so nodes starting together do not race).
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            // A send waits this long for a connection at most, then is
+            // answered `unavailable`.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn room_message(row: &PgRow) -> Result<RoomMessage> {
+    Ok(RoomMessage {
+        room: parse_name(row.try_get("room")?, RoomName::parse)?,
+        id: row.try_get("id")?,
+        from: parse_name(row.try_get("sender")?, UserName::parse)?,
+        body: row.try_get("body")?,
+        ts: row.try_get("ts")?,
+        client_id: row.try_get("client_id")?,
+    })
+}
+
+fn direct_message(row: &PgRow) -> Result<DirectMessage> {
+    Ok(DirectMessage {
+        id: row.try_get("id")?,
+        from: parse_name(row.try_get("sender")?, UserName::parse)?,
+        to: parse_name(row.try_get("recipient")?, UserName::parse)?,
+        body: row.try_get("body")?,
+        ts: row.try_get("ts")?,
+        client_id: row.try_get("client_id")?,
+    })
+}
+
+/// Column vectors for one multi-row insert.
+#[derive(Default)]
+struct Columns {
+    room: Vec<String>,
+    id: Vec<i64>,
+    sender: Vec<String>,
+    body: Vec<String>,
+    client_id: Vec<Option<String>>,
+    ts: Vec<i64>,
+}
+
+impl Columns {
+    fn push(&mut self, key: &str, id: i64, sender: &str, body: &str, client_id: &Option<String>) {
+        self.room.push(key.to_owned());
+        self.id.push(id);
+        self.sender.push(sender.to_owned());
+        self.body.push(body.to_owned());
+        self.client_id.push(client_id.clone());
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>> {
+        let ts = now_ms();
+        let mut per_room: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut dms = 0i64;
+        for draft in batch {
+            match draft {
+                Draft::Room { room, .. } => *per_room.entry(room.as_str()).or_default() += 1,
+                Draft::Direct { .. } => dms += 1,
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        // Take the counters in one fixed order (rooms by name, then the
+        // direct-message row), so two nodes' batches never deadlock.
+        let mut next_room: BTreeMap<String, i64> = BTreeMap::new();
+        if !per_room.is_empty() {
+            let names: Vec<&str> = per_room.keys().copied().collect();
+            let counts: Vec<i64> = per_room.values().copied().collect();
+            let rows = sqlx::query(
+                "INSERT INTO rooms (name, last_id) \
+                 SELECT name, n FROM UNNEST($1::text[], $2::bigint[]) AS t(name, n) ORDER BY name \
+                 ON CONFLICT (name) DO UPDATE SET last_id = rooms.last_id + EXCLUDED.last_id \
+                 RETURNING name, last_id",
+            )
+            .bind(&names)
+            .bind(&counts)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let name: String = row.try_get("name")?;
+                let last: i64 = row.try_get("last_id")?;
+                let n = per_room.get(name.as_str()).copied().unwrap_or(0);
+                next_room.insert(name, last - n + 1);
+            }
+        }
+        let mut next_dm = 0;
+        if dms > 0 {
+            let last: i64 = sqlx::query_scalar(
+                "UPDATE dm_sequence SET last_id = last_id + $1 WHERE one RETURNING last_id",
+            )
+            .bind(dms)
+            .fetch_one(&mut *tx)
+            .await?;
+            next_dm = last - dms + 1;
+        }
+        let (mut rooms, mut directs) = (Columns::default(), Columns::default());
+        let mut out = Vec::with_capacity(batch.len());
+        for draft in batch {
+            match draft {
+                Draft::Room {
+                    room,
+                    from,
+                    body,
+                    client_id,
+                } => {
+                    let next = next_room.get_mut(room.as_str()).ok_or_else(|| {
+                        super::StoreError::Unavailable(format!("no id drawn for room `{room}`"))
+                    })?;
+                    let id = *next;
+                    *next += 1;
+                    rooms.push(room.as_str(), id, from.as_str(), body, client_id);
+                    out.push(Stored::Room(RoomMessage {
+                        room: room.clone(),
+                        id,
+                        from: from.clone(),
+                        body: body.clone(),
+                        ts,
+                        client_id: client_id.clone(),
+                    }));
+                }
+                Draft::Direct {
+                    from,
+                    to,
+                    body,
+                    client_id,
+                } => {
+                    let id = next_dm;
+                    next_dm += 1;
+                    directs.push(to.as_str(), id, from.as_str(), body, client_id);
+                    out.push(Stored::Direct(DirectMessage {
+                        id,
+                        from: from.clone(),
+                        to: to.clone(),
+                        body: body.clone(),
+                        ts,
+                        client_id: client_id.clone(),
+                    }));
+                }
+            }
+        }
+        rooms.ts = vec![ts; rooms.id.len()];
+        directs.ts = vec![ts; directs.id.len()];
+        if !rooms.id.is_empty() {
+            sqlx::query(
+                "INSERT INTO messages (room, id, sender, body, client_id, ts) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], \
+                 $5::text[], $6::bigint[])",
+            )
+            .bind(&rooms.room)
+            .bind(&rooms.id)
+            .bind(&rooms.sender)
+            .bind(&rooms.body)
+            .bind(&rooms.client_id)
+            .bind(&rooms.ts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !directs.id.is_empty() {
+            sqlx::query(
+                "INSERT INTO direct_messages (recipient, id, sender, body, client_id, ts) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], \
+                 $5::text[], $6::bigint[])",
+            )
+            .bind(&directs.room)
+            .bind(&directs.id)
+            .bind(&directs.sender)
+            .bind(&directs.body)
+            .bind(&directs.client_id)
+            .bind(&directs.ts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn room_page(&self, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>> {
+        let (sql, key, newest_first) = match (q.before, q.after) {
+            (_, Some(after)) => (
+                "SELECT * FROM messages WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3",
+                after,
+                false,
+            ),
+            (before, None) => (
+                "SELECT * FROM messages WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                before.unwrap_or(i64::MAX),
+                true,
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(room.as_str())
+            .bind(key)
+            .bind(i64::from(q.limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(room_message).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, q.limit, newest_first))
+    }
+
+    async fn dm_page(
+        &self,
+        a: &UserName,
+        b: &UserName,
+        q: PageQuery,
+    ) -> Result<Paged<DirectMessage>> {
+        let (sql, key, newest_first) = match (q.before, q.after) {
+            (_, Some(after)) => (
+                "SELECT * FROM direct_messages WHERE \
+                 ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
+                 AND id > $3 ORDER BY id ASC LIMIT $4",
+                after,
+                false,
+            ),
+            (before, None) => (
+                "SELECT * FROM direct_messages WHERE \
+                 ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
+                 AND id < $3 ORDER BY id DESC LIMIT $4",
+                before.unwrap_or(i64::MAX),
+                true,
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(a.as_str())
+            .bind(b.as_str())
+            .bind(key)
+            .bind(i64::from(q.limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows
+            .iter()
+            .map(direct_message)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, q.limit, newest_first))
+    }
+
+    async fn dms_since(
+        &self,
+        user: &UserName,
+        after: i64,
+        limit: u32,
+    ) -> Result<Paged<DirectMessage>> {
+        let rows = sqlx::query(
+            "SELECT * FROM direct_messages WHERE (sender = $1 OR recipient = $1) AND id > $2 \
+             ORDER BY id ASC LIMIT $3",
+        )
+        .bind(user.as_str())
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows
+            .iter()
+            .map(direct_message)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, false))
+    }
+
+    async fn undelivered_dms(&self, user: &UserName, limit: u32) -> Result<Vec<DirectMessage>> {
+        let rows = sqlx::query(
+            "SELECT d.* FROM direct_messages d JOIN users u ON u.name = d.recipient \
+             WHERE d.recipient = $1 AND d.id > u.delivered_id ORDER BY d.id ASC LIMIT $2",
+        )
+        .bind(user.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(direct_message).collect()
+    }
+
+    async fn mark_delivered(&self, user: &UserName, id: i64) -> Result<()> {
+        sqlx::query("UPDATE users SET delivered_id = GREATEST(delivered_id, $2) WHERE name = $1")
+            .bind(user.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn register_user(&self, user: &UserName) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO users (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(user.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn user_exists(&self, user: &UserName) -> Result<bool> {
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn room_heads(&self) -> Result<Vec<(RoomName, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT r.name AS name, r.last_id AS last_id, m.ts AS ts FROM rooms r \
+             JOIN messages m ON m.room = r.name AND m.id = r.last_id ORDER BY r.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    parse_name(row.try_get("name")?, RoomName::parse)?,
+                    row.try_get("last_id")?,
+                    row.try_get("ts")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,242 @@
+//! One suite for every store: SQLite always, PostgreSQL when
+//! `CONFAB_TEST_POSTGRES_URL` is set (each run in a database of its own).
+
+use std::sync::Arc;
+
+use confab::protocol::{RoomName, UserName};
+use confab::store::{self, Draft, PageQuery, Store, Stored};
+
+fn room(s: &str) -> RoomName {
+    RoomName::parse(s).unwrap()
+}
+
+fn user(s: &str) -> UserName {
+    UserName::parse(s).unwrap()
+}
+
+fn say(r: &str, from: &str, body: &str) -> Draft {
+    Draft::Room {
+        room: room(r),
+        from: user(from),
+        body: body.into(),
+        client_id: Some(format!("c-{body}")),
+    }
+}
+
+fn dm(from: &str, to: &str, body: &str) -> Draft {
+    Draft::Direct {
+        from: user(from),
+        to: user(to),
+        body: body.into(),
+        client_id: None,
+    }
+}
+
+fn ids(stored: &[Stored]) -> Vec<i64> {
+    stored.iter().map(|s| s.id_ts().0).collect()
+}
+
+/// The contract of `store::Store`.
+async fn contract(s: Arc<dyn Store>) {
+    // Room ids are per room, dense and in batch order; DM ids increase.
+    let first = s
+        .append(&[
+            say("a", "ann", "1"),
+            say("b", "ann", "x"),
+            say("a", "bob", "2"),
+            dm("ann", "bob", "d1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids(&first)[..3], [1, 1, 2]);
+    let second = s
+        .append(&[
+            say("a", "ann", "3"),
+            dm("bob", "ann", "d2"),
+            dm("ann", "cy", "d3"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids(&second)[0], 3);
+    let dm_ids = [ids(&first)[3], ids(&second)[1], ids(&second)[2]];
+    assert!(dm_ids[0] < dm_ids[1] && dm_ids[1] < dm_ids[2], "{dm_ids:?}");
+    match &second[0] {
+        Stored::Room(m) => {
+            assert_eq!(
+                (m.body.as_str(), m.client_id.as_deref()),
+                ("3", Some("c-3"))
+            );
+            assert!(m.ts > 0);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Pages: oldest first, `more` when the query had more.
+    let q = |before, after, limit| PageQuery {
+        before,
+        after,
+        limit,
+    };
+    let newest = s.room_page(&room("a"), q(None, None, 2)).await.unwrap();
+    assert_eq!(
+        newest.items.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert!(newest.more);
+    let older = s.room_page(&room("a"), q(Some(2), None, 5)).await.unwrap();
+    assert_eq!(older.items.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
+    assert!(!older.more);
+    let after = s.room_page(&room("a"), q(None, Some(1), 5)).await.unwrap();
+    assert_eq!(after.items.iter().map(|m| m.id).collect::<Vec<_>>(), [2, 3]);
+    assert!(s
+        .room_page(&room("none"), q(None, None, 5))
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+
+    // Conversations and resume.
+    let conv = s
+        .dm_page(&user("bob"), &user("ann"), q(None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        conv.items
+            .iter()
+            .map(|d| d.body.as_str())
+            .collect::<Vec<_>>(),
+        ["d1", "d2"]
+    );
+    let since = s.dms_since(&user("ann"), dm_ids[0], 10).await.unwrap();
+    assert_eq!(
+        since.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+        dm_ids[1..]
+    );
+    let limited = s.dms_since(&user("ann"), 0, 1).await.unwrap();
+    assert_eq!(limited.items.len(), 1);
+    assert!(limited.more);
+
+    // Users and offline delivery.
+    assert!(!s.user_exists(&user("bob")).await.unwrap());
+    s.register_user(&user("bob")).await.unwrap();
+    s.register_user(&user("bob")).await.unwrap();
+    assert!(s.user_exists(&user("bob")).await.unwrap());
+    let undelivered = s.undelivered_dms(&user("bob"), 10).await.unwrap();
+    assert_eq!(
+        undelivered.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [dm_ids[0]]
+    );
+    s.mark_delivered(&user("bob"), dm_ids[0]).await.unwrap();
+    s.mark_delivered(&user("bob"), 0).await.unwrap();
+    assert!(s
+        .undelivered_dms(&user("bob"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let heads = s.room_heads().await.unwrap();
+    let heads: Vec<(String, i64)> = heads
+        .into_iter()
+        .map(|(r, id, _)| (r.to_string(), id))
+        .collect();
+    assert_eq!(heads, [("a".to_owned(), 3), ("b".to_owned(), 1)]);
+    s.ping().await.unwrap();
+}
+
+/// Concurrent appends to one room (as from several nodes): ids stay
+/// unique and dense.
+async fn concurrent_appends(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..20 {
+                    let batch = [
+                        say("busy", "u", &format!("{t}-{i}")),
+                        say("quiet", "u", &format!("{t}-{i}")),
+                    ];
+                    got.extend(ids(&s.append(&batch).await.unwrap()).into_iter().step_by(2));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=80).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_store_contract() {
+    contract(store::open("sqlite::memory:").await.unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/c.db", dir.path().display());
+    concurrent_appends(store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_store_contract() {
+    let Ok(admin) = std::env::var("CONFAB_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CONFAB_TEST_POSTGRES_URL must be set in CI"
+        );
+        println!("SKIP postgres_keeps_the_store_contract: set CONFAB_TEST_POSTGRES_URL to run it");
+        return;
+    };
+    let db = TempDb::create(&admin).await;
+    let s = store::open(&db.url).await.unwrap();
+    contract(s.clone()).await;
+    concurrent_appends(s.clone()).await;
+    s.close().await;
+    // Migrations are applied once: a second node opening it is fine.
+    let again = store::open(&db.url).await.unwrap();
+    again.ping().await.unwrap();
+    again.close().await;
+    db.drop_now().await;
+}
+
+struct TempDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl TempDb {
+    async fn create(admin: &str) -> TempDb {
+        use sqlx::Connection;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("confab_store_{}_{nanos}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.split('?').next().unwrap();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        TempDb {
+            admin: admin.to_owned(),
+            name,
+            url,
+        }
+    }
+
+    async fn drop_now(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
