@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A secret: shown as `***` in `Debug` and logs.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -31,6 +31,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -39,7 +45,7 @@ impl std::str::FromStr for Secret {
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -112,10 +118,27 @@ pub struct Overrides {
     /// Seconds to wait for connections to close on shutdown [default: 10]
     #[arg(long, env = "CONFAB_SHUTDOWN_TIMEOUT", value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
+    /// Bearer key for the REST API under /api/v1/ (at least 16 bytes); without one the API answers 401 [default: none]
+    #[arg(
+        long,
+        env = "CONFAB_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<Secret>,
+    /// Origins allowed to call the REST API from a browser (CORS; repeat, or comma-separate; `*` allows any) [default: none]
+    #[arg(
+        long = "cors-origin",
+        env = "CONFAB_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub cors_origins: Option<Vec<String>>,
 }
 
-/// The effective settings.
-#[derive(Debug, Clone)]
+/// The effective settings. Serialized (secrets masked) they are a TOML
+/// file with the same keys as [`Overrides`].
+#[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -140,6 +163,7 @@ pub struct Settings {
     /// Per-connection outbound queue.
     pub outbound_queue: usize,
     /// Time between pings.
+    #[serde(serialize_with = "as_secs")]
     pub ping_interval: Duration,
     /// Messages replayed on join.
     pub history_replay: u32,
@@ -148,7 +172,16 @@ pub struct Settings {
     /// Log format.
     pub log_format: LogFormat,
     /// Shutdown deadline.
+    #[serde(serialize_with = "as_secs")]
     pub shutdown_timeout: Duration,
+    /// REST API key, if the API is on.
+    pub api_key: Option<Secret>,
+    /// Origins allowed to call the REST API cross-origin.
+    pub cors_origins: Vec<String>,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
 }
 
 impl Default for Settings {
@@ -184,7 +217,9 @@ impl Overrides {
             history_replay,
             token_secret,
             log_format,
-            shutdown_timeout
+            shutdown_timeout,
+            api_key,
+            cors_origins
         )
     }
 
@@ -229,6 +264,8 @@ impl Settings {
             token_secret: o.token_secret,
             log_format: o.log_format.unwrap_or(LogFormat::Text),
             shutdown_timeout: Duration::from_secs(o.shutdown_timeout.unwrap_or(10)),
+            api_key: o.api_key,
+            cors_origins: o.cors_origins.unwrap_or_default(),
         };
         s.validate()?;
         Ok(s)
@@ -258,6 +295,13 @@ impl Settings {
                 "token_secret must be at least 16 bytes"
             );
         }
+        if let Some(key) = &self.api_key {
+            anyhow::ensure!(
+                key.expose().len() >= 16,
+                "api_key must be at least 16 bytes"
+            );
+        }
+        crate::api::check_cors_origins(&self.cors_origins)?;
         Ok(())
     }
 }
