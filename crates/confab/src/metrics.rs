@@ -847,6 +847,41 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_and_a_closed_connection_count_as_drops() {
+        use crate::hub::Hub;
+        use crate::outbox::Outbox;
+        use crate::protocol::{Event, PresenceChange};
+
+        let metrics = Metrics::default();
+        let hub = Hub::default();
+        let room = RoomName::parse("r").unwrap();
+        let topic = Topic::Room(room.clone());
+        let (slow, _slow_rx, kill) = Outbox::new(1);
+        let (gone, gone_rx, _) = Outbox::new(8);
+        hub.add(&topic, 1, slow, || ());
+        hub.add(&topic, 2, gone, || ());
+        drop(gone_rx);
+        let event = Event::Presence {
+            room,
+            user: UserName::parse("u").unwrap(),
+            event: PresenceChange::Join,
+        };
+        for _ in 0..3 {
+            metrics.fanout(hub.deliver(&topic, &Delivery::new(event.clone())));
+        }
+        assert_eq!(metrics.deliveries.load(Relaxed), 1);
+        assert_eq!(
+            metrics.dropped[Dropped::SlowConsumer as usize].load(Relaxed),
+            2
+        );
+        assert_eq!(
+            metrics.dropped[Dropped::ConnectionGone as usize].load(Relaxed),
+            3
+        );
+        drop(kill);
+    }
+
+    #[test]
     fn every_error_code_has_its_own_slot() {
         let mut slots: Vec<usize> = CODES.iter().map(|c| *c as usize).collect();
         slots.sort_unstable();
