@@ -309,6 +309,35 @@ mod tests {
     }
 
     #[test]
+    fn every_name_in_the_document_has_the_name_pattern() {
+        let doc: serde_json::Value = serde_json::from_str(openapi_json()).unwrap();
+        let mut seen = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    let want = match p["name"].as_str() {
+                        Some("room") => model::NAME_PATTERN,
+                        Some("user") => model::USER_PATTERN,
+                        _ => continue,
+                    };
+                    assert_eq!(p["schema"]["pattern"], want, "{p}");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 6);
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["PublishRequest"]["properties"]["from"]["pattern"],
+            model::USER_PATTERN
+        );
+        assert_eq!(
+            schemas["TokenRequest"]["properties"]["user"]["pattern"],
+            model::USER_PATTERN
+        );
+    }
+
+    #[test]
     fn cors_origins_are_checked() {
         assert!(check_cors_origins(&["*".into(), "https://app.example".into()]).is_ok());
         assert!(check_cors_origins(&["http://localhost:3000".into()]).is_ok());

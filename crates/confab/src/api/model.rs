@@ -7,11 +7,18 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::protocol::{DirectMessage, RoomMessage};
 
-/// A room or user name: 1 to 64 characters, no control characters or
+/// The `pattern` of every room name in the OpenAPI document (the
+/// attributes need literals; a test checks they match). A room or user
+/// name: 1 to 64 characters, no control characters or
 /// slashes, no white space at either end. (User names `chat` and `echo`
-/// are reserved.)
+/// are reserved.) `(?![\s\S])` ends it: unlike `$`, it means the end of
+/// the string in every regex dialect (Python's `$` also matches before a
+/// final newline).
 pub const NAME_PATTERN: &str =
-    r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$";
+    r"^[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])";
+
+/// A user name: a [`NAME_PATTERN`] other than `chat` and `echo`.
+pub const USER_PATTERN: &str = r"^(?!(?:chat|echo)(?![\s\S]))[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])";
 
 /// A message in a room, as stored and as delivered over WebSocket.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -166,7 +173,7 @@ pub struct PublishRequest {
     /// Who it is from, as clients will see it: any valid user name (it
     /// need not have connected).
     #[schema(
-        pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$"
+        pattern = r"^(?!(?:chat|echo)(?![\s\S]))[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])"
     )]
     pub from: String,
     /// The text, at most `max_message_bytes` bytes of UTF-8 (16 KiB by
@@ -178,9 +185,10 @@ pub struct PublishRequest {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectRequest {
-    /// The reason the clients see in the close frame (at most 120 bytes,
-    /// no control characters); default "disconnected by the server".
-    #[schema(max_length = 120, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    /// The reason the clients see in the close frame (at most 120
+    /// characters, no control characters; cut to the 123 bytes a close
+    /// frame holds); default "disconnected by the server".
+    #[schema(max_length = 120, pattern = r"^[^\x00-\x1f\x7f-\x9f]*(?![\s\S])")]
     pub reason: Option<String>,
 }
 
@@ -199,7 +207,7 @@ pub struct Disconnected {
 pub struct TokenRequest {
     /// The user the token names (its `sub`).
     #[schema(
-        pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$"
+        pattern = r"^(?!(?:chat|echo)(?![\s\S]))[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])"
     )]
     pub user: String,
     /// Seconds it stays valid (1 to 31536000; default 3600).

@@ -146,7 +146,7 @@ fn unknown_room(room: &RoomName) -> ApiError {
     get,
     path = "/api/v1/rooms/{room}",
     tag = "rooms",
-    params(("room" = String, Path, description = "The room's name", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$")),
+    params(("room" = String, Path, description = "The room's name", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The room", body = RoomSummary),
@@ -194,7 +194,7 @@ pub async fn get_room(
     path = "/api/v1/rooms/{room}/messages",
     tag = "rooms",
     params(
-        ("room" = String, Path, description = "The room's name", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$"),
+        ("room" = String, Path, description = "The room's name", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])"),
         HistoryQuery
     ),
     security(("api_key" = [])),
@@ -258,7 +258,7 @@ pub async fn history(
     get,
     path = "/api/v1/rooms/{room}/presence",
     tag = "rooms",
-    params(("room" = String, Path, description = "The room's name", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$")),
+    params(("room" = String, Path, description = "The room's name", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The room's users", body = Presence),
@@ -341,8 +341,8 @@ fn published<T: serde::Serialize>(message: T, replayed: bool) -> Response {
     path = "/api/v1/rooms/{room}/messages",
     tag = "publish",
     params(
-        ("room" = String, Path, description = "The room's name (created by its first message)", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Names this publish (1 to 255 visible ASCII characters), remembered for 24 hours", pattern = r"^[\x21-\x7e]{1,255}$"),
+        ("room" = String, Path, description = "The room's name (created by its first message)", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this publish (1 to 255 visible ASCII characters), remembered for 24 hours", pattern = r"^[\x21-\x7e]{1,255}(?![\s\S])"),
     ),
     request_body = PublishRequest,
     security(("api_key" = [])),
@@ -391,8 +391,8 @@ pub async fn publish_room(
     path = "/api/v1/users/{user}/messages",
     tag = "publish",
     params(
-        ("user" = String, Path, description = "The recipient", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Names this publish (1 to 255 visible ASCII characters), remembered for 24 hours", pattern = r"^[\x21-\x7e]{1,255}$"),
+        ("user" = String, Path, description = "The recipient", pattern = r"^(?!(?:chat|echo)(?![\s\S]))[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names this publish (1 to 255 visible ASCII characters), remembered for 24 hours", pattern = r"^[\x21-\x7e]{1,255}(?![\s\S])"),
     ),
     request_body = PublishRequest,
     security(("api_key" = [])),
@@ -585,7 +585,7 @@ fn interned(reason: &str) -> &'static str {
     post,
     path = "/api/v1/users/{user}/disconnect",
     tag = "users",
-    params(("user" = String, Path, description = "The user", pattern = r"^[^\s/\x00-\x1f\x7f-\x9f]([^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?$")),
+    params(("user" = String, Path, description = "The user", pattern = r"^(?!(?:chat|echo)(?![\s\S]))[^\s/\x00-\x1f\x7f-\x9f](?:[^/\x00-\x1f\x7f-\x9f]{0,62}[^\s/\x00-\x1f\x7f-\x9f])?(?![\s\S])")),
     request_body(content = Option<DisconnectRequest>, description = "The reason, optional"),
     security(("api_key" = [])),
     responses(
@@ -630,14 +630,19 @@ pub async fn disconnect(
     let close = match req.reason.as_deref() {
         None => Close::KICKED,
         Some(reason) => {
-            if reason.len() > 120 || reason.chars().any(char::is_control) {
+            if reason.chars().count() > 120 || reason.chars().any(char::is_control) {
                 return Err(ApiError::invalid(
-                    "`reason` must be at most 120 bytes, without control characters",
+                    "`reason` must be at most 120 characters, without control characters",
                 ));
+            }
+            // A close frame has room for 123 bytes of reason.
+            let mut end = reason.len().min(123);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
             }
             Close {
                 code: Close::KICKED.code,
-                reason: interned(reason),
+                reason: interned(&reason[..end]),
             }
         }
     };
