@@ -81,11 +81,14 @@ fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: WebSocketUpgrade, kind: Kin
         _ => s.max_frame_bytes,
     };
     let tracker = node.tracker.clone();
+    // Frames queued with `feed` gather in the write buffer until it holds
+    // 32 KiB or the batch is flushed: several frames, one syscall. A
+    // connection that never writes never allocates it.
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * 1024 * 1024)
+        .write_buffer_size(32 * 1024)
+        .max_write_buffer_size(2 * max + 4 * 1024 * 1024)
         .on_upgrade(move |socket| tracker.track_future(session::run(node, socket, kind, permit)))
 }
 

@@ -201,7 +201,10 @@ impl Session {
                         Some(Err(err)) => return close_for(err),
                         Some(Ok(Message::Text(text))) => self.on_text(socket, &text, &mut pending).await,
                         Some(Ok(Message::Binary(_))) => self.on_binary(socket).await,
-                        Some(Ok(Message::Close(_))) => return None,
+                        Some(Ok(Message::Close(_))) => {
+                            answer_close(socket).await;
+                            return None;
+                        }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                     };
                     match flow {
@@ -839,6 +842,15 @@ async fn close_socket(socket: &mut WebSocket, close: Close) {
     .await;
 }
 
+/// After the peer's close frame: the library has queued the answering
+/// close frame; reading on sends it and sees the stream end.
+async fn answer_close(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
 /// `/ws/echo/`: each text or binary frame back as it came. The frame
 /// limits still apply (as `echo_max_bytes`); the message rate limit does
 /// not, since the echo stores and fans out nothing.
@@ -853,7 +865,11 @@ async fn echo(node: Arc<Node>, mut socket: WebSocket) {
                         break None;
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(Message::Close(_))) => {
+                    answer_close(&mut socket).await;
+                    break None;
+                }
+                None => break None,
                 Some(Ok(_)) => {}
                 Some(Err(err)) => break close_for(err),
             }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit and integration tests (against real
+# Redis and PostgreSQL), the browser tests, the Autobahn suite on the echo
+# path, and the extra suites that exist (API fuzzing, bench smoke).
+# Installs and starts what it needs first (tests/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/setup.sh
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test (Redis: $CONFAB_TEST_REDIS_URL, PostgreSQL: $CONFAB_TEST_POSTGRES_URL)"
+# Tests that need a service read its URL from the environment; without it
+# they print a SKIP line, except under CI=true, where they fail instead.
+cargo test --workspace
+
+for suite in tests/browser/run.sh tests/api/schemathesis.sh bench/smoke; do
+  if [ -x "$suite" ]; then
+    step "$suite"
+    "$suite"
+  fi
+done
+
+step "tests/autobahn/run.sh"
+tests/autobahn/run.sh
