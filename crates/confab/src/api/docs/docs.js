@@ -174,7 +174,7 @@ function render(spec) {
   for (const [name, s] of Object.entries(spec.components.schemas || {})) {
     schemas.append(el("h3", { id: "schema-" + name }, name),
       s.description ? el("p", {}, s.description) : null,
-      schemaTable({ $ref: "#/components/schemas/" + name }));
+      schemaTable(s));
   }
 }
 
