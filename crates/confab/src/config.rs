@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A secret: shown as `***` in `Debug` and logs.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -31,6 +31,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -39,7 +45,7 @@ impl std::str::FromStr for Secret {
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -121,10 +127,27 @@ pub struct Overrides {
     /// Prefix of every Redis key and channel; nodes of one cluster share it [default: confab]
     #[arg(long, env = "CONFAB_CLUSTER_NAME", value_name = "NAME")]
     pub cluster_name: Option<String>,
+    /// Bearer key for the REST API under /api/v1/ (at least 16 bytes); without one the API answers 401 [default: none]
+    #[arg(
+        long,
+        env = "CONFAB_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<Secret>,
+    /// Origins allowed to call the REST API from a browser (CORS; repeat, or comma-separate; `*` allows any) [default: none]
+    #[arg(
+        long = "cors-origin",
+        env = "CONFAB_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub cors_origins: Option<Vec<String>>,
 }
 
-/// The effective settings.
-#[derive(Debug, Clone)]
+/// The effective settings. Serialized (secrets masked) they are a TOML
+/// file with the same keys as [`Overrides`].
+#[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -149,6 +172,7 @@ pub struct Settings {
     /// Per-connection outbound queue.
     pub outbound_queue: usize,
     /// Time between pings.
+    #[serde(serialize_with = "as_secs")]
     pub ping_interval: Duration,
     /// Messages replayed on join.
     pub history_replay: u32,
@@ -157,13 +181,23 @@ pub struct Settings {
     /// Log format.
     pub log_format: LogFormat,
     /// Shutdown deadline.
+    #[serde(serialize_with = "as_secs")]
     pub shutdown_timeout: Duration,
     /// This node's name in a cluster.
     pub node_id: String,
     /// How long a node may stay silent before its presence is removed.
+    #[serde(serialize_with = "as_secs")]
     pub node_ttl: Duration,
     /// Prefix of Redis keys and channels.
     pub cluster_name: String,
+    /// REST API key, if the API is on.
+    pub api_key: Option<Secret>,
+    /// Origins allowed to call the REST API cross-origin.
+    pub cors_origins: Vec<String>,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
 }
 
 impl Default for Settings {
@@ -202,7 +236,9 @@ impl Overrides {
             shutdown_timeout,
             node_id,
             node_ttl,
-            cluster_name
+            cluster_name,
+            api_key,
+            cors_origins
         )
     }
 
@@ -250,6 +286,8 @@ impl Settings {
             node_id: o.node_id.unwrap_or_else(random_node_id),
             node_ttl: Duration::from_secs(o.node_ttl.unwrap_or(15)),
             cluster_name: o.cluster_name.unwrap_or_else(|| "confab".into()),
+            api_key: o.api_key,
+            cors_origins: o.cors_origins.unwrap_or_default(),
         };
         s.validate()?;
         Ok(s)
@@ -295,6 +333,13 @@ impl Settings {
                 "token_secret must be at least 16 bytes"
             );
         }
+        if let Some(key) = &self.api_key {
+            anyhow::ensure!(
+                key.expose().len() >= 16,
+                "api_key must be at least 16 bytes"
+            );
+        }
+        crate::api::check_cors_origins(&self.cors_origins)?;
         Ok(())
     }
 }

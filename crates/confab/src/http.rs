@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::metrics::Refused;
 use crate::node::Node;
 use crate::protocol::seed::Dialect;
 use crate::protocol::{RoomName, UserName};
@@ -31,6 +32,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws/{user}/", get(user))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::serve))
+        .nest("/api", crate::api::router(node.clone()))
         .with_state(node)
 }
 
@@ -62,12 +65,15 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 /// to a session task tracked for shutdown.
 fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: WebSocketUpgrade, kind: Kind) -> Response {
     if !origin_allowed(headers, &node.settings.allowed_origins) {
+        node.metrics.upgrade_refused(Refused::Origin);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     if node.shutdown.is_cancelled() {
+        node.metrics.upgrade_refused(Refused::Shutdown);
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let Some(permit) = node.admit() else {
+        node.metrics.upgrade_refused(Refused::Capacity);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
     let s = &node.settings;

@@ -40,6 +40,8 @@ pub struct Fanout {
     pub queued: usize,
     /// Dropped because a connection's queue was full (it is closed).
     pub overflowed: usize,
+    /// Dropped because the connection had already ended.
+    pub gone: usize,
 }
 
 impl Hub {
@@ -101,7 +103,7 @@ impl Hub {
             match outbox.push(delivery.clone()) {
                 Pushed::Queued => fanout.queued += 1,
                 Pushed::Overflow => fanout.overflowed += 1,
-                Pushed::Gone => {}
+                Pushed::Gone => fanout.gone += 1,
             }
         }
         fanout
@@ -126,6 +128,12 @@ impl Hub {
             Topic::Room(r) => state.rooms.get(r).map_or(0, HashMap::len),
             Topic::User(u) => state.users.get(u).map_or(0, HashMap::len),
         }
+    }
+
+    /// How many rooms and how many users have a local connection.
+    pub fn sizes(&self) -> (usize, usize) {
+        let state = self.state.read();
+        (state.rooms.len(), state.users.len())
     }
 
     /// Every room and user with a local connection (what this node must

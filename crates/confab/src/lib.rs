@@ -16,14 +16,20 @@
 //! * [`http`], [`web`]: routes, upgrades, pages.
 //! * [`config`], [`auth`], [`limits`], [`server`]: settings, tokens,
 //!   rate limits, running and shutting down.
+//! * [`api`]: the REST API for operators and backends, its OpenAPI
+//!   document and docs page; [`metrics`]: `/metrics`; [`ops`]: the
+//!   `token` and `check-config` commands.
 
+pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod outbox;
 pub mod protocol;
 pub mod sequencer;

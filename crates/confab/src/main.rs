@@ -17,6 +17,10 @@ struct Cli {
 enum Cmd {
     /// Serve the chat (the default).
     Serve(ServeArgs),
+    /// Mint a connection token for the configured token_secret.
+    Token(confab::ops::TokenArgs),
+    /// Validate the configuration and print the effective settings, secrets masked.
+    CheckConfig(confab::ops::CheckConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,10 +36,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Cmd::Serve(args)) => args,
+        Some(Cmd::Token(args)) => {
+            println!("{}", confab::ops::token(args)?);
+            return Ok(());
+        }
+        Some(Cmd::CheckConfig(args)) => {
+            print!("{}", confab::ops::check_config(args)?);
+            return Ok(());
+        }
         // Plain `confab` serves, still reading the environment.
         None => match Cli::parse_from(["confab", "serve"]).command {
             Some(Cmd::Serve(args)) => args,
-            None => unreachable!("serve was given"),
+            _ => unreachable!("serve was given"),
         },
     };
     let settings = Settings::load(args.overrides, args.config.as_ref())?;

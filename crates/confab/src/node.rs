@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{self, Broker, BrokerError, Deliver};
 use crate::config::Settings;
 use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox};
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::{Event, PresenceChange, RoomMessage, RoomName, Topic, UserName};
@@ -86,6 +87,8 @@ pub struct Node {
     /// Every session task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     connections: AtomicUsize,
+    /// Counters, gauges and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Hands broker deliveries to the hub, and notes which direct messages
@@ -93,11 +96,13 @@ pub struct Node {
 struct LocalDelivery {
     hub: Arc<Hub>,
     receipts: Arc<Receipts>,
+    metrics: Arc<Metrics>,
 }
 
 impl Deliver for LocalDelivery {
     fn deliver(&self, topic: &Topic, delivery: &Arc<Delivery>) {
         let fanout = self.hub.deliver(topic, delivery);
+        self.metrics.fanout(fanout);
         if let (Topic::User(user), Event::Dm(dm)) = (topic, &delivery.event) {
             if *user == dm.to && fanout.queued > 0 {
                 self.receipts.note(user, dm.id);
@@ -149,7 +154,8 @@ impl Node {
     /// Opens the store and broker the settings name and starts the
     /// sequencer.
     pub async fn start(settings: Settings) -> anyhow::Result<Arc<Node>> {
-        let store = store::open(&settings.store).await?;
+        let metrics = Arc::new(Metrics::default());
+        let store = metrics.instrument_store(store::open(&settings.store).await?);
         let hub = Arc::new(match settings.broker.as_str() {
             "memory" | "memory://" => Hub::default(),
             _ => Hub::starting_at(broker::redis::conn_base(&settings.node_id)),
@@ -158,9 +164,12 @@ impl Node {
         let deliver = Arc::new(LocalDelivery {
             hub: hub.clone(),
             receipts: receipts.clone(),
+            metrics: metrics.clone(),
         });
-        let broker = broker::connect(&settings, deliver, store.clone()).await?;
-        let (sequencer, sequencer_task) = Sequencer::start(store.clone(), broker.clone(), |_| {});
+        let broker = metrics.instrument_broker(broker::connect(&settings, deliver, store.clone()).await?);
+        let counted = metrics.clone();
+        let (sequencer, sequencer_task) =
+            Sequencer::start(store.clone(), broker.clone(), move |s| counted.stored(s));
         let node = Arc::new(Node {
             settings,
             hub,
@@ -172,6 +181,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
+            metrics,
         });
         let receipts_node = node.clone();
         node.tracker.spawn(async move {
@@ -326,7 +336,11 @@ impl Node {
         let sequencer = self.sequencer.lock().clone();
         let sequencer = sequencer
             .ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "server is shutting down"))?;
-        Ok(sequencer.submit(draft).await?)
+        let stored = sequencer.submit(draft).await.map_err(Refusal::from);
+        if let Err(refusal) = &stored {
+            self.metrics.refused(refusal.code);
+        }
+        stored
     }
 
     /// Checks that `to` may receive a direct message.

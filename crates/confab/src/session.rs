@@ -73,10 +73,11 @@ enum Flow {
 /// Runs one connection to its end.
 pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPermit) {
     let _permit = permit;
+    let _counted = node.metrics.connection(&kind);
     if let Kind::Echo = kind {
         return echo(node, socket).await;
     }
-    let (outbox, rx, kill) = Outbox::new(node.settings.outbound_queue);
+    let (outbox, mut rx, kill) = Outbox::new(node.settings.outbound_queue);
     let conn = node.hub.next_conn();
     let mut session = Session {
         limiter: RateLimiter::new(node.settings.rate_limit, node.settings.rate_burst),
@@ -91,9 +92,12 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPer
     };
     let mut socket = socket;
     let close = match session.start(&mut socket, kind).await {
-        Ok(()) => session.run(&mut socket, rx, &kill).await,
+        Ok(()) => session.run(&mut socket, &mut rx, &kill).await,
         Err(close) => Some(close),
     };
+    let metrics = &session.node.metrics;
+    metrics.disconnected(close.as_ref());
+    metrics.dropped(crate::metrics::Dropped::QueuedAtClose, rx.len());
     session.cleanup().await;
     if let Some(close) = close {
         close_socket(&mut socket, close).await;
@@ -162,7 +166,7 @@ impl Session {
     async fn run(
         &mut self,
         socket: &mut WebSocket,
-        mut rx: mpsc::Receiver<Arc<Delivery>>,
+        rx: &mut mpsc::Receiver<Arc<Delivery>>,
         kill: &crate::outbox::Kill,
     ) -> Option<Close> {
         let shutdown = self.node.shutdown.clone();
@@ -179,7 +183,7 @@ impl Session {
                 }
                 close = kill.fired() => return Some(close),
                 Some(first) = rx.recv() => {
-                    if self.write_deliveries(socket, first, &mut rx).await.is_err() {
+                    if self.write_deliveries(socket, first, rx).await.is_err() {
                         return None;
                     }
                 }
@@ -338,6 +342,7 @@ impl Session {
         reply_to: Option<String>,
         refusal: Refusal,
     ) -> Result<(), axum::Error> {
+        self.node.metrics.refused(refusal.code);
         let msg = match &self.seed {
             Some(seed) => seed_error(seed.dialect, &refusal),
             None => reply_frame(&Reply::error(reply_to, refusal.code, refusal.message)),
@@ -493,6 +498,7 @@ impl Session {
                         async move {
                             if let Draft::Direct { to, .. } = &draft {
                                 if let Err(refusal) = node.check_recipient(to).await {
+                                    node.metrics.refused(refusal.code);
                                     return Some(
                                         Reply::error(id, refusal.code, refusal.message).encode(),
                                     );

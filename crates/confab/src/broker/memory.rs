@@ -83,6 +83,14 @@ impl Broker for MemoryBroker {
             .unwrap_or_default())
     }
 
+    async fn presence_counts(&self, room: &RoomName) -> Result<Vec<(UserName, usize)>> {
+        let presence = self.presence.lock();
+        Ok(presence
+            .get(room)
+            .map(|users| users.iter().map(|(u, n)| (u.clone(), *n)).collect())
+            .unwrap_or_default())
+    }
+
     async fn rooms(&self) -> Result<Vec<RoomInfo>> {
         let presence = self.presence.lock();
         let mut rooms: Vec<RoomInfo> = presence

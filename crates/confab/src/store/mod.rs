@@ -6,6 +6,7 @@
 //! * [`sqlite`]: the embedded default, one file (or memory).
 //! * [`postgres`]: shared by the nodes of a cluster.
 
+pub mod idempotency;
 pub mod postgres;
 pub mod sqlite;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::protocol::{DirectMessage, RoomMessage, RoomName, UserName};
+use idempotency::{KeyClaim, KeyRecord};
 
 /// A message that is not stored yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,29 @@ pub trait Store: Send + Sync + 'static {
     async fn room_heads(&self) -> Result<Vec<(RoomName, i64, i64)>>;
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
+    /// Claims an idempotency key (see [`idempotency`]): `None` if this
+    /// call claimed it, else the earlier claim.
+    async fn claim_key(&self, _claim: &KeyClaim) -> Result<Option<KeyRecord>> {
+        Err(StoreError::Unavailable(
+            "this store does not keep idempotency keys".into(),
+        ))
+    }
+    /// Records the message id a claimed key's publish stored.
+    async fn complete_key(&self, _key: &str, _message_id: i64) -> Result<()> {
+        Err(StoreError::Unavailable(
+            "this store does not keep idempotency keys".into(),
+        ))
+    }
+    /// Forgets a claimed key whose publish failed, so it can be retried.
+    async fn release_key(&self, _key: &str) -> Result<()> {
+        Err(StoreError::Unavailable(
+            "this store does not keep idempotency keys".into(),
+        ))
+    }
+    /// Forgets keys claimed before `before_ms`; returns how many.
+    async fn prune_keys(&self, _before_ms: i64) -> Result<u64> {
+        Ok(0)
+    }
     /// Flushes and closes.
     async fn close(&self);
 }
