@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::fanout::{src_ip, Proto};
-use crate::sys::{proc_rss_kib, CpuWindow};
+use crate::sys::{procs_rss_kib, CpuWindow};
 use crate::ws::{self, Conn, Masker};
 
 #[derive(Clone, Debug)]
@@ -25,7 +25,7 @@ pub struct ConnsCfg {
     pub rooms: usize,
     pub settle: Duration,
     pub hold: Duration,
-    pub server_pid: Option<u32>,
+    pub server_pids: Vec<u32>,
     pub label: String,
 }
 
@@ -143,8 +143,8 @@ pub async fn run(cfg: &ConnsCfg) -> anyhow::Result<Value> {
     let rooms: Vec<String> = (0..cfg.rooms.max(1))
         .map(|r| format!("idle{nonce:x}r{r}"))
         .collect();
-    let rss_before = cfg.server_pid.and_then(proc_rss_kib);
-    let cpu = CpuWindow::start(cfg.server_pid);
+    let rss_before = procs_rss_kib(&cfg.server_pids);
+    let cpu = CpuWindow::start(&cfg.server_pids);
     let closed = Arc::new(AtomicU64::new(0));
     let stopping = Arc::new(AtomicBool::new(false));
     let sem = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -202,7 +202,7 @@ pub async fn run(cfg: &ConnsCfg) -> anyhow::Result<Value> {
     let connect_secs = t0.elapsed().as_secs_f64();
     let ok = conns.len() as u64;
     tokio::time::sleep(cfg.settle).await;
-    let rss_after = cfg.server_pid.and_then(proc_rss_kib);
+    let rss_after = procs_rss_kib(&cfg.server_pids);
     let usage = cpu.stop();
     let hold_left = cfg.hold.saturating_sub(cfg.settle);
     tokio::time::sleep(hold_left).await;

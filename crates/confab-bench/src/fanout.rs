@@ -2,6 +2,7 @@
 //! sends stamped with their send time, every receiver records latency.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +64,8 @@ impl Proto {
 
 #[derive(Clone, Debug)]
 pub struct FanoutCfg {
-    pub addr: SocketAddr,
+    /// Server addresses; member i connects to addrs[i % len] (several = a cluster).
+    pub addrs: Vec<SocketAddr>,
     pub proto: Proto,
     pub rooms: usize,
     pub members: usize,
@@ -74,7 +76,7 @@ pub struct FanoutCfg {
     pub grace: Duration,
     /// Minimum length of the message string (padded).
     pub size: usize,
-    pub server_pid: Option<u32>,
+    pub server_pids: Vec<u32>,
     pub connect_concurrency: usize,
     pub read_buf: usize,
     /// Spread member sockets over this many 127.0.0.x source addresses.
@@ -467,7 +469,7 @@ async fn connect_all(
             let idx = r * cfg.members + m;
             let sem = sem.clone();
             let path = cfg.proto.path(room);
-            let addr = cfg.addr;
+            let addr = cfg.addrs[idx % cfg.addrs.len()];
             let src = src_ip(idx, cfg.src_addrs);
             let joins = cfg.proto.join_frames(&format!("u{idx}"), room);
             handles.push(tokio::spawn(async move {
@@ -607,7 +609,7 @@ pub async fn run(cfg: &FanoutCfg) -> anyhow::Result<Value> {
     let period_ns = total_pubs as f64 * 1e9 / cfg.rate;
     let t0 = Instant::now() + Duration::from_millis(5);
     let end = t0 + cfg.duration;
-    let cpu = CpuWindow::start(cfg.server_pid);
+    let cpu = CpuWindow::start(&cfg.server_pids);
     let mut pubs = Vec::with_capacity(total_pubs);
     let mut sent_counters = Vec::with_capacity(total_pubs);
     for g in 0..total_pubs {
@@ -718,13 +720,14 @@ pub async fn run(cfg: &FanoutCfg) -> anyhow::Result<Value> {
             "cpu_secs": s,
             "cpu_util": s / usage.wall_secs,
             "cpu_us_per_delivery": if unique > 0 { s * 1e6 / unique as f64 } else { 0.0 },
-            "rss_kib": cfg.server_pid.and_then(crate::sys::proc_rss_kib),
+            "rss_kib": crate::sys::procs_rss_kib(&cfg.server_pids),
         })
     });
     Ok(json!({
         "kind": "fanout",
         "label": cfg.label,
         "proto": format!("{:?}", cfg.proto).to_lowercase(),
+        "servers": cfg.addrs.len(),
         "rooms": cfg.rooms, "members": cfg.members, "publishers": cfg.publishers,
         "rate": cfg.rate, "duration_s": dur, "size": cfg.size,
         "connect_s": connect_secs,

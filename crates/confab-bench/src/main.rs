@@ -66,15 +66,16 @@ enum Cmd {
 
 #[derive(Args, Debug, Clone)]
 struct Target {
-    /// Server address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:8000")]
-    addr: String,
+    /// Server address (loopback only). Several, comma separated, spread the
+    /// members over a cluster (member i uses address i mod N).
+    #[arg(long, default_value = "127.0.0.1:8000", value_delimiter = ',')]
+    addr: Vec<String>,
     /// Wire protocol: `room` (/ws/chat/<room>/) or `native` (/socket).
     #[arg(long, value_enum, default_value_t = Proto::Room)]
     proto: Proto,
-    /// Server process id, for its CPU time and RSS (from /proc).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process id(s), comma separated, for CPU time and RSS (from /proc).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Free-form label carried into the output (e.g. the server's name).
     #[arg(long, default_value = "")]
     label: String,
@@ -159,7 +160,12 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
 
 fn fanout_cfg(f: &FanoutArgs, bench_cores: f64) -> anyhow::Result<FanoutCfg> {
     Ok(FanoutCfg {
-        addr: resolve(&f.target.addr)?,
+        addrs: f
+            .target
+            .addr
+            .iter()
+            .map(|a| resolve(a))
+            .collect::<anyhow::Result<_>>()?,
         proto: f.target.proto,
         rooms: f.rooms,
         members: f.members,
@@ -168,7 +174,7 @@ fn fanout_cfg(f: &FanoutArgs, bench_cores: f64) -> anyhow::Result<FanoutCfg> {
         duration: secs(f.duration)?,
         grace: secs(f.grace)?,
         size: f.size,
-        server_pid: f.target.server_pid,
+        server_pids: f.target.server_pid.clone(),
         connect_concurrency: f.connect_concurrency,
         read_buf: f.read_buf,
         src_addrs: f.src_addrs,
@@ -229,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 );
             }
             let cfg = conns::ConnsCfg {
-                addr: resolve(&c.target.addr)?,
+                addr: resolve(&c.target.addr[0])?,
                 proto: c.target.proto,
                 count: c.count,
                 concurrency: c.concurrency,
@@ -237,7 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 rooms: c.rooms,
                 settle: secs(c.settle)?,
                 hold: secs(c.hold)?,
-                server_pid: c.target.server_pid,
+                server_pids: c.target.server_pid.clone(),
                 label: c.target.label.clone(),
             };
             let v = conns::run(&cfg).await?;

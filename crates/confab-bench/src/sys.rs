@@ -66,7 +66,23 @@ pub struct CpuWindow {
     wall: Instant,
     own: f64,
     server: Option<f64>,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
+}
+
+/// Summed CPU seconds of several processes (None if any is unreadable or none given).
+pub fn procs_cpu_secs(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| proc_cpu_secs(p)).sum()
+}
+
+/// Summed RSS of several processes in KiB.
+pub fn procs_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| proc_rss_kib(p)).sum()
 }
 
 pub struct CpuUsage {
@@ -76,17 +92,17 @@ pub struct CpuUsage {
 }
 
 impl CpuWindow {
-    pub fn start(server_pid: Option<u32>) -> Self {
+    pub fn start(server_pids: &[u32]) -> Self {
         CpuWindow {
             wall: Instant::now(),
             own: own_cpu_secs(),
-            server: server_pid.and_then(proc_cpu_secs),
-            server_pid,
+            server: procs_cpu_secs(server_pids),
+            server_pids: server_pids.to_vec(),
         }
     }
 
     pub fn stop(&self) -> CpuUsage {
-        let server = match (self.server, self.server_pid.and_then(proc_cpu_secs)) {
+        let server = match (self.server, procs_cpu_secs(&self.server_pids)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
