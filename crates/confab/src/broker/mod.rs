@@ -1,0 +1,80 @@
+//! The broker: fan-out across nodes, and presence. A node publishes every
+//! event through its broker and receives, through [`Deliver`], the events
+//! of the topics it is subscribed to (its own included).
+//!
+//! * [`memory`]: one process; publish is a direct call into the hub.
+//!
+//! Contract, which every implementation keeps:
+//! * `publish` delivers to every node subscribed to the topic at that
+//!   moment, at most once, in publish order per publisher.
+//! * `subscribe`/`unsubscribe` are called, in membership order, when a
+//!   topic gets its first local connection and loses its last. They do not
+//!   block: `subscribe` returns a future that resolves once the
+//!   subscription is live, so a joiner can fetch history after it and
+//!   miss nothing.
+//! * presence counts connections per (room, user) across all nodes;
+//!   `presence_add` says whether the user just arrived (its first
+//!   connection anywhere), `presence_remove` whether it just left.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
+use crate::outbox::Delivery;
+use crate::protocol::native::RoomInfo;
+use crate::protocol::{RoomName, Topic, UserName};
+
+/// A broker failure: the cluster engine cannot be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// Unreachable or refusing.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Result alias for broker calls.
+pub type Result<T> = std::result::Result<T, BrokerError>;
+
+/// Where a broker hands the events it receives for this node.
+pub trait Deliver: Send + Sync + 'static {
+    /// Delivers `delivery` to this node's connections of `topic`.
+    fn deliver(&self, topic: &Topic, delivery: &Arc<Delivery>);
+}
+
+/// Cross-node fan-out and presence.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Sends `delivery` to every node subscribed to `topic`.
+    async fn publish(&self, topic: &Topic, delivery: Arc<Delivery>) -> Result<()>;
+    /// Starts receiving `topic`; the future resolves once that is live.
+    fn subscribe(&self, topic: &Topic) -> BoxFuture<'static, Result<()>>;
+    /// Stops receiving `topic`.
+    fn unsubscribe(&self, topic: &Topic);
+    /// Counts one more connection of `user` in `room`; true if it is the
+    /// user's first there, cluster-wide.
+    async fn presence_add(&self, room: &RoomName, user: &UserName) -> Result<bool>;
+    /// Counts one connection fewer; true if it was the user's last there.
+    async fn presence_remove(&self, room: &RoomName, user: &UserName) -> Result<bool>;
+    /// The users in `room`, by name.
+    async fn presence(&self, room: &RoomName) -> Result<Vec<UserName>>;
+    /// The rooms with users in them, by name, with how many.
+    async fn rooms(&self) -> Result<Vec<RoomInfo>>;
+    /// Checks that the broker answers.
+    async fn ping(&self) -> Result<()>;
+    /// Releases connections and withdraws this node's presence.
+    async fn close(&self);
+}
+
+/// Opens the broker a URL names: `memory`.
+pub async fn open(url: &str, deliver: Arc<dyn Deliver>) -> anyhow::Result<Arc<dyn Broker>> {
+    match url {
+        "memory" | "memory://" => Ok(Arc::new(memory::MemoryBroker::new(deliver))),
+        other => anyhow::bail!(
+            "unsupported broker URL `{}`",
+            crate::store::redact(other)
+        ),
+    }
+}

@@ -1,0 +1,152 @@
+//! The hub: which local connections are in which room and belong to which
+//! user, and local fan-out. It never talks to another node or the store:
+//! the broker hands it what arrives, the node tells it who joins.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::outbox::{Delivery, Outbox, Pushed};
+use crate::protocol::{RoomName, Topic, UserName};
+
+/// A connection's number on this node.
+pub type ConnId = u64;
+
+type Members = HashMap<ConnId, Outbox>;
+
+/// Local registry and fan-out.
+///
+/// The state sits behind one `parking_lot::RwLock`: fan-out takes it for
+/// reading and only does `try_send`s, which never wait, so the lock is
+/// never held across an await or a slow client.
+#[derive(Debug, Default)]
+pub struct Hub {
+    state: RwLock<State>,
+    next_conn: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rooms: HashMap<RoomName, Members>,
+    users: HashMap<UserName, Members>,
+}
+
+/// Counts of one fan-out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Queued for a connection.
+    pub queued: usize,
+    /// Dropped because a connection's queue was full (it is closed).
+    pub overflowed: usize,
+}
+
+impl Hub {
+    /// A new connection number.
+    pub fn next_conn(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Adds a connection to a topic. `on_first` runs, under the lock, when
+    /// it is the topic's first local connection: the node subscribes there,
+    /// so subscriptions are issued in the order membership changes.
+    pub fn add<R>(&self, topic: &Topic, conn: ConnId, outbox: Outbox, on_first: impl FnOnce() -> R) -> Option<R> {
+        let mut state = self.state.write();
+        let members = state.map_mut(topic);
+        let first = members.is_empty();
+        members.insert(conn, outbox);
+        first.then(on_first)
+    }
+
+    /// Removes a connection from a topic. `on_last` runs, under the lock,
+    /// when no local connection is left in it. Returns whether the
+    /// connection was there.
+    pub fn remove(&self, topic: &Topic, conn: ConnId, on_last: impl FnOnce()) -> bool {
+        let mut state = self.state.write();
+        let (was, emptied) = match topic {
+            Topic::Room(r) => remove_member(&mut state.rooms, r, conn),
+            Topic::User(u) => remove_member(&mut state.users, u, conn),
+        };
+        if emptied {
+            on_last();
+        }
+        was
+    }
+
+    /// Queues `delivery` for every local connection of `topic`.
+    pub fn deliver(&self, topic: &Topic, delivery: &Arc<Delivery>) -> Fanout {
+        let state = self.state.read();
+        let members = match topic {
+            Topic::Room(r) => state.rooms.get(r),
+            Topic::User(u) => state.users.get(u),
+        };
+        let mut fanout = Fanout::default();
+        for outbox in members.into_iter().flat_map(|m| m.values()) {
+            match outbox.push(delivery.clone()) {
+                Pushed::Queued => fanout.queued += 1,
+                Pushed::Overflow => fanout.overflowed += 1,
+                Pushed::Gone => {}
+            }
+        }
+        fanout
+    }
+
+    /// Closes every local connection of `user` with `close`; returns how
+    /// many.
+    pub fn kill_user(&self, user: &UserName, close: crate::protocol::codes::Close) -> usize {
+        let state = self.state.read();
+        let members = state.users.get(user);
+        members.iter().flat_map(|m| m.values()).for_each(|o| o.kill(close));
+        members.map_or(0, HashMap::len)
+    }
+
+    /// How many local connections `topic` has.
+    pub fn local_count(&self, topic: &Topic) -> usize {
+        let state = self.state.read();
+        match topic {
+            Topic::Room(r) => state.rooms.get(r).map_or(0, HashMap::len),
+            Topic::User(u) => state.users.get(u).map_or(0, HashMap::len),
+        }
+    }
+
+    /// Every room and user with a local connection (what this node must
+    /// be subscribed to).
+    pub fn topics(&self) -> Vec<Topic> {
+        let state = self.state.read();
+        state
+            .rooms
+            .keys()
+            .cloned()
+            .map(Topic::Room)
+            .chain(state.users.keys().cloned().map(Topic::User))
+            .collect()
+    }
+}
+
+impl State {
+    fn map_mut(&mut self, topic: &Topic) -> &mut Members {
+        match topic {
+            Topic::Room(r) => self.rooms.entry(r.clone()).or_default(),
+            Topic::User(u) => self.users.entry(u.clone()).or_default(),
+        }
+    }
+}
+
+/// Removes `conn` from `key`'s members, dropping the entry once empty.
+/// Returns (it was there, it was the last).
+fn remove_member<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Members>,
+    key: &K,
+    conn: ConnId,
+) -> (bool, bool) {
+    let Some(members) = map.get_mut(key) else {
+        return (false, false);
+    };
+    let was = members.remove(&conn).is_some();
+    let empty = members.is_empty();
+    if empty {
+        map.remove(key);
+    }
+    (was, was && empty)
+}

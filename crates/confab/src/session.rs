@@ -1,0 +1,797 @@
+//! One WebSocket connection: a single task that reads commands, writes
+//! queued events and replies, keeps the heartbeat and enforces the limits.
+//!
+//! The loop `select!`s over, in priority order: shutdown, a kill (slow
+//! consumer, kick), finished acknowledgements, queued events (written in
+//! one flush per batch, so several frames cost one syscall), the socket,
+//! and the heartbeat. Acks are awaited off the loop (in `pending`), so a
+//! connection keeps receiving while its messages are being stored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::{FutureExt, SinkExt};
+use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
+
+use crate::hub::ConnId;
+use crate::limits::{RateLimiter, Verdict};
+use crate::node::{ConnPermit, Node, Refusal};
+use crate::outbox::{Delivery, Encoding, Outbox};
+use crate::protocol::codes::{Close, ErrorCode};
+use crate::protocol::native::{Command, Limits, Page, Reply};
+use crate::protocol::seed::{Dialect, Said};
+use crate::protocol::{Event, RoomName, Topic, UserName, PROTOCOL_VERSION};
+use crate::store::{Draft, PageQuery, Stored};
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// The native protocol (`/socket`).
+    Native,
+    /// A tutorial protocol, bound to one room (and maybe a user).
+    Seed {
+        /// Frame format.
+        dialect: Dialect,
+        /// The room its plain messages go to.
+        room: RoomName,
+        /// The user named in the path (`/ws/<username>/`), if any.
+        user: Option<UserName>,
+        /// Whether the text `close` ends the connection (`/chat/`).
+        close_command: bool,
+    },
+    /// `/ws/echo/`: every frame back, unchanged.
+    Echo,
+}
+
+/// How many sends may await their acknowledgement at once; the socket is
+/// not read while this many are in flight.
+const MAX_PENDING: usize = 64;
+
+/// How many queued events are written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// The most history messages one `history` command returns.
+const MAX_PAGE: u32 = 500;
+
+/// What the goodbye to a `/chat/` client that sent `close` says.
+pub const GOODBYE: &str = "goodbye: closing this connection as you asked";
+
+type Pending = FuturesOrdered<BoxFuture<'static, Option<String>>>;
+
+enum Flow {
+    Continue,
+    Close(Close),
+    /// `close` on `/chat/`: write what is queued, say goodbye, close.
+    Goodbye,
+}
+
+/// Runs one connection to its end.
+pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPermit) {
+    let _permit = permit;
+    if let Kind::Echo = kind {
+        return echo(node, socket).await;
+    }
+    let (outbox, rx, kill) = Outbox::new(node.settings.outbound_queue);
+    let conn = node.hub.next_conn();
+    let mut session = Session {
+        limiter: RateLimiter::new(node.settings.rate_limit, node.settings.rate_burst),
+        node,
+        conn,
+        outbox,
+        encoding: Encoding::Native,
+        user: None,
+        rooms: HashMap::new(),
+        dm_high: 0,
+        seed: None,
+    };
+    let mut socket = socket;
+    let close = match session.start(&mut socket, kind).await {
+        Ok(()) => session.run(&mut socket, rx, &kill).await,
+        Err(close) => Some(close),
+    };
+    session.cleanup().await;
+    if let Some(close) = close {
+        close_socket(&mut socket, close).await;
+    }
+}
+
+struct SeedState {
+    dialect: Dialect,
+    room: RoomName,
+    close_command: bool,
+}
+
+struct Session {
+    node: Arc<Node>,
+    conn: ConnId,
+    outbox: Outbox,
+    encoding: Encoding,
+    user: Option<UserName>,
+    /// Joined rooms, each with the highest message id written, so a
+    /// message that both a replay and the live queue carry is written once.
+    rooms: HashMap<RoomName, i64>,
+    /// The highest direct-message id written, for the same reason.
+    dm_high: i64,
+    limiter: RateLimiter,
+    seed: Option<SeedState>,
+}
+
+impl Session {
+    /// Binds a tutorial connection to its user and room.
+    async fn start(&mut self, socket: &mut WebSocket, kind: Kind) -> Result<(), Close> {
+        let Kind::Seed {
+            dialect,
+            room,
+            user,
+            close_command,
+        } = kind
+        else {
+            return Ok(());
+        };
+        self.encoding = Encoding::Seed(dialect);
+        let user = user.unwrap_or_else(|| UserName::guest(self.conn));
+        let joined = async {
+            self.node
+                .identify(self.conn, &user, self.outbox.clone())
+                .await?;
+            self.user = Some(user.clone());
+            self.node
+                .join(self.conn, &room, &user, self.outbox.clone(), Some(i64::MAX))
+                .await
+        }
+        .await;
+        if let Err(refusal) = joined {
+            let _ = write(socket, seed_error(dialect, &refusal)).await;
+            return Err(Close::INTERNAL);
+        }
+        // A tutorial client gets no replay: only what is said from now on.
+        self.rooms.insert(room.clone(), 0);
+        self.seed = Some(SeedState {
+            dialect,
+            room,
+            close_command,
+        });
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        socket: &mut WebSocket,
+        mut rx: mpsc::Receiver<Arc<Delivery>>,
+        kill: &crate::outbox::Kill,
+    ) -> Option<Close> {
+        let shutdown = self.node.shutdown.clone();
+        let period = self.node.settings.ping_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        let mut missed = 0u32;
+        let mut pending = Pending::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Some(Close::SHUTDOWN),
+                close = kill.fired() => return Some(close),
+                Some(reply) = pending.next(), if !pending.is_empty() => {
+                    if let Some(text) = reply {
+                        if write(socket, Message::Text(text.into())).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+                Some(first) = rx.recv() => {
+                    if self.write_deliveries(socket, first, &mut rx).await.is_err() {
+                        return None;
+                    }
+                }
+                msg = socket.recv(), if pending.len() < MAX_PENDING => {
+                    missed = 0;
+                    let flow = match msg {
+                        None => return None,
+                        Some(Err(err)) => return close_for(err),
+                        Some(Ok(Message::Text(text))) => self.on_text(socket, &text, &mut pending).await,
+                        Some(Ok(Message::Binary(_))) => self.on_binary(socket).await,
+                        Some(Ok(Message::Close(_))) => return None,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                    };
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Close(close) => return Some(close),
+                        Flow::Goodbye => {
+                            // The broadcast of `close` is queued for this
+                            // connection too: write it before the goodbye.
+                            while let Ok(delivery) = rx.try_recv() {
+                                if let Some(frame) = self.frame_for(&delivery) {
+                                    let _ = socket.feed(Message::Text(frame)).await;
+                                }
+                            }
+                            let _ = write(socket, Message::Text(GOODBYE.into())).await;
+                            return Some(Close::NORMAL);
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if missed >= 2 {
+                        return Some(Close::HEARTBEAT);
+                    }
+                    missed += 1;
+                    if write(socket, Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then
+    /// flushes once.
+    async fn write_deliveries(
+        &mut self,
+        socket: &mut WebSocket,
+        first: Arc<Delivery>,
+        rx: &mut mpsc::Receiver<Arc<Delivery>>,
+    ) -> Result<(), axum::Error> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(delivery) = next.take() {
+            if let Some(frame) = self.frame_for(&delivery) {
+                socket.feed(Message::Text(frame)).await?;
+                written += 1;
+            }
+            if written < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        socket.flush().await
+    }
+
+    /// The frame for a delivery, or `None` if this connection should not
+    /// see it (already written, a room it left, its own typing).
+    fn frame_for(&mut self, delivery: &Delivery) -> Option<Utf8Bytes> {
+        let wanted = match &delivery.event {
+            Event::Message(m) => match self.rooms.get_mut(&m.room) {
+                Some(high) if m.id > *high => {
+                    *high = m.id;
+                    true
+                }
+                _ => false,
+            },
+            Event::Dm(d) => {
+                let new = d.id > self.dm_high;
+                self.dm_high = self.dm_high.max(d.id);
+                new
+            }
+            Event::Presence { room, .. } => self.rooms.contains_key(room),
+            Event::Typing { from, .. } => self.user.as_ref() != Some(from),
+        };
+        if wanted {
+            delivery.encoded(self.encoding)
+        } else {
+            None
+        }
+    }
+
+    async fn on_binary(&mut self, socket: &mut WebSocket) -> Flow {
+        let text = match &self.seed {
+            Some(seed) if seed.dialect == Dialect::Text => None,
+            Some(seed) => Some(seed_error(
+                seed.dialect,
+                &Refusal::new(ErrorCode::Malformed, "binary frames are not supported"),
+            )),
+            None => Some(reply_frame(&Reply::error(
+                None,
+                ErrorCode::Malformed,
+                "binary frames are not supported; send JSON text",
+            ))),
+        };
+        if let Some(msg) = text {
+            if write(socket, msg).await.is_err() {
+                return Flow::Close(Close::INTERNAL);
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str, pending: &mut Pending) -> Flow {
+        match self.limiter.check() {
+            Verdict::Allow => {}
+            Verdict::Abuse => return Flow::Close(Close::FLOOD),
+            Verdict::Reject => {
+                let refusal = Refusal::new(
+                    ErrorCode::RateLimited,
+                    "too many messages: slow down",
+                );
+                let _ = self.refuse(socket, None, refusal).await;
+                return Flow::Continue;
+            }
+        }
+        if self.seed.is_some() {
+            return self.on_seed_text(socket, text, pending).await;
+        }
+        match Command::decode(text) {
+            Ok(cmd) => self.on_command(socket, cmd, pending).await,
+            Err(rejected) => {
+                let refusal = Refusal::new(rejected.code, rejected.message);
+                let _ = self.refuse(socket, rejected.reply_to, refusal).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Answers a refused command, in the connection's own dialect.
+    async fn refuse(
+        &self,
+        socket: &mut WebSocket,
+        reply_to: Option<String>,
+        refusal: Refusal,
+    ) -> Result<(), axum::Error> {
+        let msg = match &self.seed {
+            Some(seed) => seed_error(seed.dialect, &refusal),
+            None => reply_frame(&Reply::error(reply_to, refusal.code, refusal.message)),
+        };
+        write(socket, msg).await
+    }
+
+    fn check_body(&self, body: &str) -> Result<(), Refusal> {
+        let max = self.node.settings.max_message_bytes;
+        if body.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("message is {} bytes; the limit is {max}", body.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn on_seed_text(&mut self, socket: &mut WebSocket, text: &str, pending: &mut Pending) -> Flow {
+        let seed = self.seed.as_ref().expect("a seed session");
+        let (dialect, close_command) = (seed.dialect, seed.close_command);
+        let user = self.user.clone().expect("seed sessions have a user");
+        let said = match dialect.decode(text) {
+            Ok(said) => said,
+            Err(err) => {
+                let _ = write(socket, Message::Text(err.encode().into())).await;
+                return Flow::Continue;
+            }
+        };
+        let draft = match said {
+            Said::Room(body) => Draft::Room {
+                room: seed.room.clone(),
+                from: user,
+                body,
+                client_id: None,
+            },
+            Said::Direct { to, body } => {
+                if let Err(refusal) = self.node.check_recipient(&to).await {
+                    let _ = self.refuse(socket, None, refusal).await;
+                    return Flow::Continue;
+                }
+                Draft::Direct {
+                    from: user,
+                    to,
+                    body,
+                    client_id: None,
+                }
+            }
+        };
+        let body = match &draft {
+            Draft::Room { body, .. } | Draft::Direct { body, .. } => body,
+        };
+        if let Err(refusal) = self.check_body(body) {
+            let _ = self.refuse(socket, None, refusal).await;
+            return Flow::Continue;
+        }
+        if close_command && text == "close" {
+            // Broadcast first (the tutorial does), then say goodbye.
+            let result = self.node.submit(draft).await;
+            if let Err(refusal) = result {
+                let _ = self.refuse(socket, None, refusal).await;
+            }
+            return Flow::Goodbye;
+        }
+        let node = self.node.clone();
+        pending.push_back(
+            async move {
+                match node.submit(draft).await {
+                    Ok(_) => None,
+                    Err(refusal) => Some(match seed_error(dialect, &refusal) {
+                        Message::Text(t) => t.to_string(),
+                        _ => unreachable!("seed errors are text"),
+                    }),
+                }
+            }
+            .boxed(),
+        );
+        Flow::Continue
+    }
+
+    async fn on_command(&mut self, socket: &mut WebSocket, cmd: Command, pending: &mut Pending) -> Flow {
+        let reply_to = cmd.id().map(str::to_owned);
+        let Some(user) = self.user.clone() else {
+            return match cmd {
+                Command::Hello {
+                    id,
+                    name,
+                    token,
+                    dm_since,
+                } => self.hello(socket, id, name, token, dm_since).await,
+                _ => {
+                    let refusal = Refusal::new(ErrorCode::NotIdentified, "send `hello` first");
+                    let _ = self.refuse(socket, reply_to, refusal).await;
+                    Flow::Continue
+                }
+            };
+        };
+        let result = match cmd {
+            Command::Hello { .. } => Err(Refusal::new(
+                ErrorCode::AlreadyIdentified,
+                format!("this connection is already `{user}`"),
+            )),
+            Command::Join { id, room, since } => {
+                return self.join(socket, id, room, &user, since).await;
+            }
+            Command::Leave { id, room } => {
+                if self.rooms.remove(&room).is_some() {
+                    self.node.leave(self.conn, &room, &user).await;
+                    Ok(Reply::Left { reply_to: id, room })
+                } else {
+                    Err(not_member(&room))
+                }
+            }
+            Command::Send { id, room, body } => {
+                if !self.rooms.contains_key(&room) {
+                    Err(not_member(&room))
+                } else {
+                    match self.check_body(&body) {
+                        Ok(()) => {
+                            let draft = Draft::Room {
+                                room,
+                                from: user,
+                                body,
+                                client_id: id.clone(),
+                            };
+                            self.submit(draft, id, pending);
+                            return Flow::Continue;
+                        }
+                        Err(refusal) => Err(refusal),
+                    }
+                }
+            }
+            Command::Dm { id, to, body } => match self.check_body(&body) {
+                Ok(()) => {
+                    let node = self.node.clone();
+                    let draft = Draft::Direct {
+                        from: user,
+                        to,
+                        body,
+                        client_id: id.clone(),
+                    };
+                    pending.push_back(
+                        async move {
+                            if let Draft::Direct { to, .. } = &draft {
+                                if let Err(refusal) = node.check_recipient(to).await {
+                                    return Some(Reply::error(id, refusal.code, refusal.message).encode());
+                                }
+                            }
+                            Some(ack(id, node.submit(draft).await))
+                        }
+                        .boxed(),
+                    );
+                    return Flow::Continue;
+                }
+                Err(refusal) => Err(refusal),
+            },
+            Command::Typing { room, to, active } => {
+                let topic = match (&room, &to) {
+                    (Some(room), None) if self.rooms.contains_key(room) => Ok(Topic::Room(room.clone())),
+                    (Some(room), None) => Err(not_member(room)),
+                    (None, Some(to)) => Ok(Topic::User(to.clone())),
+                    _ => Err(Refusal::new(ErrorCode::Invalid, "give exactly one of `room` and `to`")),
+                };
+                match topic {
+                    Ok(topic) => {
+                        let event = Event::Typing { room, to, from: user, active };
+                        self.node.publish(topic, event).await;
+                        return Flow::Continue;
+                    }
+                    Err(refusal) => Err(refusal),
+                }
+            }
+            Command::History { id, room, with, before, after, limit } => {
+                self.history(id, room, with, &user, PageQuery {
+                    before,
+                    after,
+                    limit: limit.unwrap_or(50).clamp(1, MAX_PAGE),
+                })
+                .await
+            }
+            Command::Rooms { id } => self
+                .node
+                .broker
+                .rooms()
+                .await
+                .map(|rooms| Reply::Rooms { reply_to: id, rooms })
+                .map_err(Refusal::from),
+            Command::Ping { id } => Ok(Reply::Pong {
+                reply_to: id,
+                ts: crate::protocol::now_ms(),
+            }),
+        };
+        let sent = match result {
+            Ok(reply) => write(socket, reply_frame(&reply)).await,
+            Err(refusal) => self.refuse(socket, reply_to, refusal).await,
+        };
+        match sent {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close(Close::INTERNAL),
+        }
+    }
+
+    fn submit(&self, draft: Draft, id: Option<String>, pending: &mut Pending) {
+        let node = self.node.clone();
+        pending.push_back(async move { Some(ack(id, node.submit(draft).await)) }.boxed());
+    }
+
+    async fn hello(
+        &mut self,
+        socket: &mut WebSocket,
+        id: Option<String>,
+        name: Option<String>,
+        token: Option<String>,
+        dm_since: Option<i64>,
+    ) -> Flow {
+        let user = match crate::auth::identify(&self.node.settings, name.as_deref(), token.as_deref()) {
+            Ok(user) => user,
+            Err(refusal) => {
+                let code = refusal.code;
+                let _ = self.refuse(socket, id, refusal).await;
+                return match code {
+                    ErrorCode::Unauthorized => Flow::Close(Close::UNAUTHORIZED),
+                    _ => Flow::Continue,
+                };
+            }
+        };
+        if let Err(refusal) = self.node.identify(self.conn, &user, self.outbox.clone()).await {
+            let _ = self.refuse(socket, id, refusal).await;
+            return Flow::Continue;
+        }
+        self.user = Some(user.clone());
+        let s = &self.node.settings;
+        let welcome = Reply::Welcome {
+            reply_to: id,
+            user: user.clone(),
+            version: PROTOCOL_VERSION,
+            server: concat!("confab/", env!("CARGO_PKG_VERSION")),
+            limits: Limits {
+                max_message_bytes: s.max_message_bytes,
+                max_frame_bytes: s.max_frame_bytes,
+                rate_limit: s.rate_limit,
+                rate_burst: s.rate_burst,
+            },
+        };
+        if write(socket, reply_frame(&welcome)).await.is_err() {
+            return Flow::Close(Close::INTERNAL);
+        }
+        // Direct messages missed while away: exactly those after
+        // `dm_since`, or else those never delivered to any connection.
+        let store = &self.node.store;
+        let missed = match dm_since {
+            Some(since) => store
+                .dms_since(&user, since, crate::node::MAX_REPLAY)
+                .await
+                .map(|page| page.items),
+            None => store.undelivered_dms(&user, crate::node::MAX_REPLAY).await,
+        };
+        match missed {
+            Ok(missed) => {
+                let to_me = missed.iter().filter(|d| d.to == user).map(|d| d.id).max();
+                for dm in missed {
+                    self.dm_high = self.dm_high.max(dm.id);
+                    let frame = Delivery::new(Event::Dm(dm)).encoded(Encoding::Native);
+                    if let Some(frame) = frame {
+                        if socket.feed(Message::Text(frame)).await.is_err() {
+                            return Flow::Close(Close::INTERNAL);
+                        }
+                    }
+                }
+                let _ = socket.flush().await;
+                if let Some(high) = to_me {
+                    if let Err(err) = store.mark_delivered(&user, high).await {
+                        tracing::warn!(error = %err, %user, "could not record delivery");
+                    }
+                }
+            }
+            Err(err) => {
+                let refusal = Refusal::from(err);
+                let _ = self.refuse(socket, None, refusal).await;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn join(
+        &mut self,
+        socket: &mut WebSocket,
+        id: Option<String>,
+        room: RoomName,
+        user: &UserName,
+        since: Option<i64>,
+    ) -> Flow {
+        if self.rooms.contains_key(&room) {
+            // Joining twice replays like a first join, without a second
+            // membership.
+            self.node.leave(self.conn, &room, user).await;
+            self.rooms.remove(&room);
+        }
+        let reply = match self
+            .node
+            .join(self.conn, &room, user, self.outbox.clone(), since)
+            .await
+        {
+            Ok(joined) => {
+                let high = joined
+                    .history
+                    .last()
+                    .map(|m| m.id)
+                    .or(since)
+                    .unwrap_or(0);
+                self.rooms.insert(room.clone(), high);
+                reply_frame(&Reply::Joined {
+                    reply_to: id,
+                    room,
+                    members: joined.members,
+                    history: joined.history,
+                    more: joined.more,
+                })
+            }
+            Err(refusal) => reply_frame(&Reply::error(id, refusal.code, refusal.message)),
+        };
+        match write(socket, reply).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close(Close::INTERNAL),
+        }
+    }
+
+    async fn history(
+        &self,
+        id: Option<String>,
+        room: Option<RoomName>,
+        with: Option<UserName>,
+        user: &UserName,
+        query: PageQuery,
+    ) -> Result<Reply, Refusal> {
+        let store = &self.node.store;
+        match (room, with) {
+            (Some(room), None) => {
+                let page = store.room_page(&room, query).await?;
+                Ok(Reply::History {
+                    reply_to: id,
+                    room: Some(room),
+                    with: None,
+                    messages: Page::Room(page.items),
+                    more: page.more,
+                })
+            }
+            (None, Some(with)) => {
+                let page = store.dm_page(user, &with, query).await?;
+                Ok(Reply::History {
+                    reply_to: id,
+                    room: None,
+                    with: Some(with),
+                    messages: Page::Direct(page.items),
+                    more: page.more,
+                })
+            }
+            _ => Err(Refusal::new(
+                ErrorCode::Invalid,
+                "give exactly one of `room` and `with`",
+            )),
+        }
+    }
+
+    /// Leaves every room and unregisters the user.
+    async fn cleanup(&mut self) {
+        let Some(user) = self.user.take() else {
+            return;
+        };
+        for (room, _) in std::mem::take(&mut self.rooms) {
+            self.node.leave(self.conn, &room, &user).await;
+        }
+        self.node.forget(self.conn, &user);
+    }
+}
+
+fn not_member(room: &RoomName) -> Refusal {
+    Refusal::new(ErrorCode::NotMember, format!("join `{room}` first"))
+}
+
+/// The answer to a send: an ack, or why it was not stored.
+fn ack(reply_to: Option<String>, result: Result<Stored, Refusal>) -> String {
+    match result {
+        Ok(stored) => {
+            let (msg_id, ts) = stored.id_ts();
+            Reply::Ack {
+                reply_to,
+                msg_id,
+                ts,
+            }
+            .encode()
+        }
+        Err(refusal) => Reply::error(reply_to, refusal.code, refusal.message).encode(),
+    }
+}
+
+fn reply_frame(reply: &Reply) -> Message {
+    Message::Text(reply.encode().into())
+}
+
+/// An error in a tutorial dialect: JSON for the JSON dialects, a plain
+/// line for the text one.
+fn seed_error(dialect: Dialect, refusal: &Refusal) -> Message {
+    let err = crate::protocol::seed::SeedError {
+        code: refusal.code,
+        detail: refusal.message.clone(),
+    };
+    let text = match dialect {
+        Dialect::Text => format!("error: {}", refusal.message),
+        _ => err.encode(),
+    };
+    Message::Text(text.into())
+}
+
+async fn write(socket: &mut WebSocket, msg: Message) -> Result<(), axum::Error> {
+    socket.send(msg).await
+}
+
+/// The close code for a read error, if the peer can still be told.
+fn close_for(err: axum::Error) -> Option<Close> {
+    let err = err.into_inner().downcast::<tungstenite::Error>().ok()?;
+    match *err {
+        tungstenite::Error::Capacity(_) => Some(Close::TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(Close::BAD_UTF8),
+        _ => None,
+    }
+}
+
+/// Sends a close frame and waits, briefly, for the peer's, so the close
+/// frame is not lost to a reset.
+async fn close_socket(socket: &mut WebSocket, close: Close) {
+    let frame = CloseFrame {
+        code: close.code,
+        reason: close.reason.into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// `/ws/echo/`: each text or binary frame back as it came. The frame
+/// limits still apply (as `echo_max_bytes`); the message rate limit does
+/// not, since the echo stores and fans out nothing.
+async fn echo(node: Arc<Node>, mut socket: WebSocket) {
+    let shutdown = node.shutdown.clone();
+    let close = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Some(Close::SHUTDOWN),
+            msg = socket.recv() => match msg {
+                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if socket.send(msg).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(_)) => {}
+                Some(Err(err)) => break close_for(err),
+            }
+        }
+    };
+    if let Some(close) = close {
+        close_socket(&mut socket, close).await;
+    }
+}

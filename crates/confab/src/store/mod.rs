@@ -1,0 +1,176 @@
+//! History: the one place messages are kept. A [`Store`] appends batches
+//! of drafts in one transaction, assigning ids and timestamps, and answers
+//! history queries. Nothing is delivered or acknowledged before the store
+//! has it (see `sequencer`).
+//!
+//! * [`sqlite`]: the embedded default, one file (or memory).
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::protocol::{DirectMessage, RoomMessage, RoomName, UserName};
+
+/// A message that is not stored yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Draft {
+    /// To a room.
+    Room {
+        /// The room.
+        room: RoomName,
+        /// The sender.
+        from: UserName,
+        /// The text.
+        body: String,
+        /// The sending client's id for it.
+        client_id: Option<String>,
+    },
+    /// To a user.
+    Direct {
+        /// The sender.
+        from: UserName,
+        /// The recipient.
+        to: UserName,
+        /// The text.
+        body: String,
+        /// The sending client's id for it.
+        client_id: Option<String>,
+    },
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A room message.
+    Room(RoomMessage),
+    /// A direct message.
+    Direct(DirectMessage),
+}
+
+impl Stored {
+    /// Its id and timestamp.
+    pub fn id_ts(&self) -> (i64, i64) {
+        match self {
+            Stored::Room(m) => (m.id, m.ts),
+            Stored::Direct(d) => (d.id, d.ts),
+        }
+    }
+}
+
+/// Which page of history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PageQuery {
+    /// Only ids below this one (the newest of them).
+    pub before: Option<i64>,
+    /// Only ids above this one (the oldest of them).
+    pub after: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// A page, oldest first, and whether the query had more to give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<T> {
+    /// The messages, oldest first.
+    pub items: Vec<T>,
+    /// Whether more lie beyond the page in the direction asked.
+    pub more: bool,
+}
+
+/// A store failure. Every one means "not stored"; the caller answers
+/// `unavailable` and never acknowledges.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Result alias for store calls.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The history store. Implementations: [`sqlite::SqliteStore`].
+///
+/// Contract (a shared test suite holds every implementation to it):
+/// * `append` is all or nothing; room ids are unique per room and
+///   increase in the order of the batch; direct-message ids are unique
+///   and increasing server-wide.
+/// * pages are oldest first; `more` says whether the query had more rows.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch in one transaction, assigning ids and timestamps.
+    async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>>;
+    /// A page of a room's history.
+    async fn room_page(&self, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>>;
+    /// A page of the conversation between two users.
+    async fn dm_page(&self, a: &UserName, b: &UserName, q: PageQuery)
+        -> Result<Paged<DirectMessage>>;
+    /// Direct messages to or from `user` with ids above `after`, oldest
+    /// first (resume after a reconnect).
+    async fn dms_since(&self, user: &UserName, after: i64, limit: u32)
+        -> Result<Paged<DirectMessage>>;
+    /// Direct messages to `user` never delivered to any of its
+    /// connections, oldest first.
+    async fn undelivered_dms(&self, user: &UserName, limit: u32) -> Result<Vec<DirectMessage>>;
+    /// Records that direct messages to `user` up to `id` were delivered.
+    async fn mark_delivered(&self, user: &UserName, id: i64) -> Result<()>;
+    /// Records that `user` exists (it has connected once).
+    async fn register_user(&self, user: &UserName) -> Result<()>;
+    /// Whether `user` has ever connected.
+    async fn user_exists(&self, user: &UserName) -> Result<bool>;
+    /// The latest message id of each room with history, by name.
+    async fn room_heads(&self) -> Result<Vec<(RoomName, i64, i64)>>;
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<()>;
+    /// Flushes and closes.
+    async fn close(&self);
+}
+
+/// Opens the store a URL names: `sqlite://PATH` or `sqlite::memory:`.
+pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        anyhow::bail!("unsupported store URL scheme in `{}`", redact(url))
+    }
+}
+
+/// A URL with any password replaced, fit for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            super::redact("postgres://app:s3cret@db:5432/chat"),
+            "postgres://app:***@db:5432/chat"
+        );
+        assert_eq!(super::redact("redis://db:6379/"), "redis://db:6379/");
+        assert_eq!(super::redact("sqlite::memory:"), "sqlite::memory:");
+    }
+}
