@@ -83,6 +83,9 @@ pub struct FanoutCfg {
     pub src_addrs: usize,
     /// CPUs available to the bench (for the saturation verdict).
     pub bench_cores: f64,
+    /// Put member sockets in delayed-ACK mode (TCP_QUICKACK off): fewer ACKs
+    /// for the load generator to send per delivery.
+    pub delayed_ack: bool,
     pub label: String,
 }
 
@@ -472,9 +475,13 @@ async fn connect_all(
             let addr = cfg.addrs[idx % cfg.addrs.len()];
             let src = src_ip(idx, cfg.src_addrs);
             let joins = cfg.proto.join_frames(&format!("u{idx}"), room);
+            let delayed_ack = cfg.delayed_ack;
             handles.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 let (stream, left) = ws::connect(addr, src, &path, Duration::from_secs(15)).await?;
+                if delayed_ack {
+                    socket2::SockRef::from(&stream).set_tcp_quickack(false)?;
+                }
                 let conn = Conn::new(stream);
                 let mut masker = Masker::new(idx as u64 + 7);
                 let mut out = Vec::new();

@@ -113,6 +113,9 @@ struct FanoutArgs {
     /// Spread member sockets over 127.0.0.1..127.0.0.N.
     #[arg(long, default_value_t = 1)]
     src_addrs: usize,
+    /// Turn TCP_QUICKACK off on member sockets (fewer ACKs sent by the bench).
+    #[arg(long)]
+    delayed_ack: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -179,6 +182,7 @@ fn fanout_cfg(f: &FanoutArgs, bench_cores: f64) -> anyhow::Result<FanoutCfg> {
         read_buf: f.read_buf,
         src_addrs: f.src_addrs,
         bench_cores,
+        delayed_ack: f.delayed_ack,
         label: f.target.label.clone(),
     })
 }
