@@ -773,7 +773,10 @@ pub async fn sweep(
     let mut best10: Option<Value> = None;
     let mut best100: Option<Value> = None;
     let mut steps = Vec::new();
-    for _ in 0..sw.max_steps {
+    let mut retried = false;
+    let mut n = 0;
+    while n < sw.max_steps {
+        n += 1;
         let mut c = cfg.clone();
         c.rate = rate;
         let res = match run(&c).await {
@@ -805,11 +808,18 @@ pub async fn sweep(
             best100 = Some(summary.clone());
         }
         steps.push(res);
-        if !held || p99 > 100.0 {
-            break;
-        }
         // Give the server a moment to settle between steps.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        if !held || p99 > 100.0 {
+            // One retry of a failed step, so that a warm-up hiccup (a JIT, a
+            // first garbage collection) does not end the sweep.
+            if retried {
+                break;
+            }
+            retried = true;
+            continue;
+        }
+        retried = false;
         rate *= sw.factor;
     }
     Ok(json!({
