@@ -242,7 +242,7 @@ def main():
                 pu = (p.get("server") or {}).get("cpu_us_per_delivery")
                 cpu = (f"; server CPU per delivery {cu:.2f} us against {pu:.2f} us"
                        if cu and pu else "")
-                ratio_lines.append(f"- {sc}: Confab holds **{r:.1f}x** the load of "
+                ratio_lines.append(f"- {sc}: Confab holds **{r:.2g}x** the load of "
                                    f"{SERVER_NAMES[peer].split(' (')[0]} at p99 <= 100 ms{cpu}.")
     if ratio_lines:
         L.append("Ratios (Confab / peer):")
@@ -251,6 +251,14 @@ def main():
         L.append("")
     elif "confab" not in servers:
         L.append("No Confab figures in this run, so no ratios.")
+        L.append("")
+    c2 = steps.get(("confab", "S2")) or []
+    lags = [s["send_lag_ms"]["p99"] for s in c2 if s.get("send_lag_ms")]
+    if lags and max(lags) > 20:
+        L.append(f"Note on Confab S2: the publishers' send lag (how late a paced send went "
+                 f"out) reached p99 {max(lags):.0f} ms even at low rates, while the load "
+                 "generator was nearly idle: Confab stopped reading the publishers' sockets for "
+                 "that long, so the latency there is the server's, not the bench's.")
         L.append("")
     svg_name = a.svg_link
     L.append(f"![p99 latency against offered load]({svg_name})")
