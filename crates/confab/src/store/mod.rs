@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -61,6 +62,72 @@ impl Stored {
             Stored::Direct(d) => (d.id, d.ts),
         }
     }
+}
+
+/// The ids a batch needs: how many per room (in name order, the order
+/// in which backends lock their counters) and how many direct-message ids.
+pub(crate) fn draw(batch: &[Draft]) -> (BTreeMap<&str, i64>, i64) {
+    let mut rooms: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut dms = 0;
+    for draft in batch {
+        match draft {
+            Draft::Room { room, .. } => *rooms.entry(room.as_str()).or_default() += 1,
+            Draft::Direct { .. } => dms += 1,
+        }
+    }
+    (rooms, dms)
+}
+
+/// Gives each draft its id, counting up from the first id drawn for its
+/// room (`first_room`) or for direct messages (`first_dm`), in batch order.
+pub(crate) fn assign(
+    batch: &[Draft],
+    mut first_room: BTreeMap<String, i64>,
+    mut first_dm: i64,
+    ts: i64,
+) -> Result<Vec<Stored>> {
+    batch
+        .iter()
+        .map(|draft| match draft {
+            Draft::Room {
+                room,
+                from,
+                body,
+                client_id,
+            } => {
+                let next = first_room.get_mut(room.as_str()).ok_or_else(|| {
+                    StoreError::Unavailable(format!("no id drawn for room `{room}`"))
+                })?;
+                let id = *next;
+                *next += 1;
+                Ok(Stored::Room(RoomMessage {
+                    room: room.clone(),
+                    id,
+                    from: from.clone(),
+                    body: body.clone(),
+                    ts,
+                    client_id: client_id.clone(),
+                }))
+            }
+            Draft::Direct {
+                from,
+                to,
+                body,
+                client_id,
+            } => {
+                let id = first_dm;
+                first_dm += 1;
+                Ok(Stored::Direct(DirectMessage {
+                    id,
+                    from: from.clone(),
+                    to: to.clone(),
+                    body: body.clone(),
+                    ts,
+                    client_id: client_id.clone(),
+                }))
+            }
+        })
+        .collect()
 }
 
 /// Which page of history.

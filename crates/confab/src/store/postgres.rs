@@ -90,14 +90,7 @@ impl Columns {
 impl Store for PostgresStore {
     async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>> {
         let ts = now_ms();
-        let mut per_room: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut dms = 0i64;
-        for draft in batch {
-            match draft {
-                Draft::Room { room, .. } => *per_room.entry(room.as_str()).or_default() += 1,
-                Draft::Direct { .. } => dms += 1,
-            }
-        }
+        let (per_room, dms) = super::draw(batch);
         let mut tx = self.pool.begin().await?;
         // Take the counters in one fixed order (rooms by name, then the
         // direct-message row), so two nodes' batches never deadlock.
@@ -132,49 +125,12 @@ impl Store for PostgresStore {
             .await?;
             next_dm = last - dms + 1;
         }
+        let out = super::assign(batch, next_room, next_dm, ts)?;
         let (mut rooms, mut directs) = (Columns::default(), Columns::default());
-        let mut out = Vec::with_capacity(batch.len());
-        for draft in batch {
-            match draft {
-                Draft::Room {
-                    room,
-                    from,
-                    body,
-                    client_id,
-                } => {
-                    let next = next_room.get_mut(room.as_str()).ok_or_else(|| {
-                        super::StoreError::Unavailable(format!("no id drawn for room `{room}`"))
-                    })?;
-                    let id = *next;
-                    *next += 1;
-                    rooms.push(room.as_str(), id, from.as_str(), body, client_id);
-                    out.push(Stored::Room(RoomMessage {
-                        room: room.clone(),
-                        id,
-                        from: from.clone(),
-                        body: body.clone(),
-                        ts,
-                        client_id: client_id.clone(),
-                    }));
-                }
-                Draft::Direct {
-                    from,
-                    to,
-                    body,
-                    client_id,
-                } => {
-                    let id = next_dm;
-                    next_dm += 1;
-                    directs.push(to.as_str(), id, from.as_str(), body, client_id);
-                    out.push(Stored::Direct(DirectMessage {
-                        id,
-                        from: from.clone(),
-                        to: to.clone(),
-                        body: body.clone(),
-                        ts,
-                        client_id: client_id.clone(),
-                    }));
-                }
+        for stored in &out {
+            match stored {
+                Stored::Room(m) => rooms.push(m.room.as_str(), m.id, m.from.as_str(), &m.body, &m.client_id),
+                Stored::Direct(d) => directs.push(d.to.as_str(), d.id, d.from.as_str(), &d.body, &d.client_id),
             }
         }
         rooms.ts = vec![ts; rooms.id.len()];

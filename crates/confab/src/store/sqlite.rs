@@ -40,7 +40,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         // Every connection to `:memory:` is its own database: keep one.
+        // No ping before each acquire: a local file does not go away, and
+        // every saved round trip to the worker thread shortens a batch.
         let pool = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(if memory { 1 } else { 4 })
             .min_connections(1)
             .idle_timeout(None)
@@ -96,77 +99,69 @@ pub(super) fn page<T>(mut items: Vec<T>, limit: u32, newest_first: bool) -> Page
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// A whole batch in a constant number of statements, whatever its
+    /// size: one upsert draws every room's ids, one insert writes every
+    /// message (rows passed as one JSON array through `json_each`). Each
+    /// statement is a round trip to SQLite's worker thread, so this keeps
+    /// a batch's cost from growing with its length.
     async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>> {
-        let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
         let ts = now_ms();
-        for draft in batch {
-            match draft {
-                Draft::Room {
-                    room,
-                    from,
-                    body,
-                    client_id,
-                } => {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO rooms (name, last_id) VALUES ($1, 1) \
-                         ON CONFLICT (name) DO UPDATE SET last_id = rooms.last_id + 1 \
-                         RETURNING last_id",
-                    )
-                    .bind(room.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO messages (room, id, sender, body, client_id, ts) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(room.as_str())
-                    .bind(id)
-                    .bind(from.as_str())
-                    .bind(body)
-                    .bind(client_id)
-                    .bind(ts)
-                    .execute(&mut *tx)
-                    .await?;
-                    out.push(Stored::Room(RoomMessage {
-                        room: room.clone(),
-                        id,
-                        from: from.clone(),
-                        body: body.clone(),
-                        ts,
-                        client_id: client_id.clone(),
-                    }));
-                }
-                Draft::Direct {
-                    from,
-                    to,
-                    body,
-                    client_id,
-                } => {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO direct_messages (sender, recipient, body, client_id, ts) \
-                         VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                    )
-                    .bind(from.as_str())
-                    .bind(to.as_str())
-                    .bind(body)
-                    .bind(client_id)
-                    .bind(ts)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    out.push(Stored::Direct(DirectMessage {
-                        id,
-                        from: from.clone(),
-                        to: to.clone(),
-                        body: body.clone(),
-                        ts,
-                        client_id: client_id.clone(),
-                    }));
-                }
+        let (rooms, dms) = super::draw(batch);
+        let mut tx = self.pool.begin().await?;
+        let mut first_room = std::collections::BTreeMap::new();
+        if !rooms.is_empty() {
+            let counts = serde_json::to_string(&rooms).expect("names and counts serialize");
+            let rows = sqlx::query(
+                "INSERT INTO rooms (name, last_id) SELECT key, value FROM json_each($1) WHERE true \
+                 ON CONFLICT (name) DO UPDATE SET last_id = rooms.last_id + excluded.last_id \
+                 RETURNING name, last_id",
+            )
+            .bind(counts)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let name: String = row.try_get("name")?;
+                let last: i64 = row.try_get("last_id")?;
+                let n = rooms.get(name.as_str()).copied().unwrap_or(0);
+                first_room.insert(name, last - n + 1);
+            }
+        }
+        // Only this store's sequencer inserts direct messages, inside this
+        // transaction, so the next ids follow the current maximum.
+        let first_dm = if dms > 0 {
+            let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM direct_messages")
+                .fetch_one(&mut *tx)
+                .await?;
+            max + 1
+        } else {
+            0
+        };
+        let stored = super::assign(batch, first_room, first_dm, ts)?;
+        let (mut messages, mut directs) = (Vec::new(), Vec::new());
+        for s in &stored {
+            match s {
+                Stored::Room(m) => messages.push((&m.room, m.id, &m.from, &m.body, &m.client_id)),
+                Stored::Direct(d) => directs.push((&d.to, d.id, &d.from, &d.body, &d.client_id)),
+            }
+        }
+        let insert = |table: &str, key: &str| {
+            format!(
+                "INSERT INTO {table} ({key}, id, sender, body, client_id, ts) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, $2 \
+                 FROM json_each($1)"
+            )
+        };
+        for (rows, sql) in [
+            (serde_json::to_string(&messages), insert("messages", "room")),
+            (serde_json::to_string(&directs), insert("direct_messages", "recipient")),
+        ] {
+            let rows = rows.expect("rows serialize");
+            if rows != "[]" {
+                sqlx::query(&sql).bind(rows).bind(ts).execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(stored)
     }
 
     async fn room_page(&self, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>> {
