@@ -166,7 +166,8 @@ impl Node {
             receipts: receipts.clone(),
             metrics: metrics.clone(),
         });
-        let broker = metrics.instrument_broker(broker::connect(&settings, deliver, store.clone()).await?);
+        let broker =
+            metrics.instrument_broker(broker::connect(&settings, deliver, store.clone()).await?);
         let counted = metrics.clone();
         let (sequencer, sequencer_task) =
             Sequencer::start(store.clone(), broker.clone(), move |s| counted.stored(s));
