@@ -63,16 +63,8 @@ pub trait Broker: Send + Sync + 'static {
     /// The users in `room`, by name.
     async fn presence(&self, room: &RoomName) -> Result<Vec<UserName>>;
     /// The users in `room`, by name, each with its number of connections
-    /// there, cluster-wide. Brokers that count connections override this;
-    /// the default reports one connection per user.
-    async fn presence_counts(&self, room: &RoomName) -> Result<Vec<(UserName, usize)>> {
-        Ok(self
-            .presence(room)
-            .await?
-            .into_iter()
-            .map(|u| (u, 1))
-            .collect())
-    }
+    /// there, cluster-wide.
+    async fn presence_counts(&self, room: &RoomName) -> Result<Vec<(UserName, usize)>>;
     /// The rooms with users in them, by name, with how many.
     async fn rooms(&self) -> Result<Vec<RoomInfo>>;
     /// Checks that the broker answers.

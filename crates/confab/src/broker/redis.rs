@@ -692,6 +692,25 @@ impl Broker for RedisBroker {
         Ok(users)
     }
 
+    async fn presence_counts(&self, room: &RoomName) -> Result<Vec<(UserName, usize)>> {
+        let mut conn = self.inner.conn.clone();
+        // The cluster-wide counts: the sum over nodes, kept by the scripts.
+        let counts: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(format!("{}:members:{}", self.inner.prefix, room))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut users: Vec<(UserName, usize)> = counts
+            .into_iter()
+            .filter_map(|(name, n)| {
+                let n = usize::try_from(n).ok().filter(|n| *n > 0)?;
+                Some((UserName::parse(&name).ok()?, n))
+            })
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
     async fn rooms(&self) -> Result<Vec<RoomInfo>> {
         let mut conn = self.inner.conn.clone();
         let p = &self.inner.prefix;
