@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox};
-use crate::protocol::codes::ErrorCode;
+use crate::protocol::codes::{Close, ErrorCode};
 use crate::protocol::{Event, PresenceChange, RoomMessage, RoomName, Topic, UserName};
 use crate::sequencer::Sequencer;
 use crate::store::{self, Draft, PageQuery, Store, StoreError, Stored};
@@ -108,6 +108,11 @@ impl Deliver for LocalDelivery {
                 self.receipts.note(user, dm.id);
             }
         }
+    }
+
+    fn kick(&self, user: &UserName, close: Close) {
+        let n = self.hub.kill_user(user, close);
+        tracing::info!(%user, connections = n, reason = close.reason, "user disconnected by another node");
     }
 }
 

@@ -387,3 +387,34 @@ async fn the_api_counts_a_users_connections_on_every_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn an_api_kick_closes_the_users_connections_on_every_node() {
+    let Some((cluster, _db)) = setup("api_kick_across_nodes").await else {
+        return;
+    };
+    let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
+    let mut here = n1.native("mallory").await;
+    let mut there1 = n2.native("mallory").await;
+    let mut there2 = n2.native("mallory").await;
+    there2.join("room", None).await;
+    let mut bob = n2.native("bob").await;
+    bob.join("room", None).await;
+
+    let answer = http_client::post(
+        n1.addr(),
+        "/api/v1/users/mallory/disconnect",
+        &json!({"reason": "spam"}),
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json(), json!({"user": "mallory", "connections": 1}));
+
+    for c in [&mut here, &mut there1, &mut there2] {
+        assert_eq!(c.closed().await, 4000);
+    }
+    // Others stay.
+    let (_, echo) = bob.say("room", "still here", "s1").await;
+    assert_eq!(echo["body"], "still here");
+}
