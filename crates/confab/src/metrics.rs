@@ -241,7 +241,7 @@ const STORE_OPS: [&str; 11] = [
     "ping",
     "idempotency",
 ];
-const BROKER_OPS: [&str; 8] = [
+const BROKER_OPS: [&str; 9] = [
     "publish",
     "subscribe",
     "presence_add",
@@ -250,6 +250,7 @@ const BROKER_OPS: [&str; 8] = [
     "rooms",
     "ping",
     "presence_counts",
+    "kick",
 ];
 
 /// One node's metrics.
@@ -801,6 +802,12 @@ impl Broker for TimedBroker {
     async fn presence_counts(&self, room: &RoomName) -> broker::Result<Vec<(UserName, usize)>> {
         let fut = self.inner.presence_counts(room);
         self.metrics.broker.timed(7, fut).await
+    }
+    async fn kick(&self, user: &UserName, close: Close) -> broker::Result<()> {
+        self.metrics
+            .broker
+            .timed(8, self.inner.kick(user, close))
+            .await
     }
     async fn rooms(&self) -> broker::Result<Vec<RoomInfo>> {
         self.metrics.broker.timed(5, self.inner.rooms()).await

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox};
-use crate::protocol::codes::ErrorCode;
+use crate::protocol::codes::{Close, ErrorCode};
 use crate::protocol::{Event, PresenceChange, RoomMessage, RoomName, Topic, UserName};
 use crate::sequencer::Sequencer;
 use crate::store::{self, Draft, PageQuery, Store, StoreError, Stored};
@@ -109,6 +109,11 @@ impl Deliver for LocalDelivery {
             }
         }
     }
+
+    fn kick(&self, user: &UserName, close: Close) {
+        let n = self.hub.kill_user(user, close);
+        tracing::info!(%user, connections = n, reason = close.reason, "user disconnected by another node");
+    }
 }
 
 /// The highest direct-message id delivered per user, written to the store
@@ -166,7 +171,8 @@ impl Node {
             receipts: receipts.clone(),
             metrics: metrics.clone(),
         });
-        let broker = metrics.instrument_broker(broker::connect(&settings, deliver, store.clone()).await?);
+        let broker =
+            metrics.instrument_broker(broker::connect(&settings, deliver, store.clone()).await?);
         let counted = metrics.clone();
         let (sequencer, sequencer_task) =
             Sequencer::start(store.clone(), broker.clone(), move |s| counted.stored(s));

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use confab::protocol::{RoomName, UserName};
+use confab::store::idempotency::{KeyClaim, KeyRecord};
 use confab::store::{self, Draft, PageQuery, Store, Stored};
 
 fn room(s: &str) -> RoomName {
@@ -143,6 +144,83 @@ async fn contract(s: Arc<dyn Store>) {
     s.ping().await.unwrap();
 }
 
+fn claim(key: &str, target: &str, created_at: i64) -> KeyClaim {
+    KeyClaim {
+        key: key.into(),
+        scope: "room",
+        target: target.into(),
+        sender: "api".into(),
+        created_at,
+    }
+}
+
+/// Idempotency keys: one claimant wins, a completed key remembers its
+/// message, a released one can be claimed again, old ones are pruned.
+async fn idempotency_keys(s: Arc<dyn Store>) {
+    assert_eq!(s.claim_key(&claim("k1", "a", 100)).await.unwrap(), None);
+    // A second claim (another target even) gets the first one back.
+    let earlier = s.claim_key(&claim("k1", "b", 150)).await.unwrap();
+    let pending = KeyRecord {
+        scope: "room".into(),
+        target: "a".into(),
+        sender: "api".into(),
+        message_id: None,
+        created_at: 100,
+    };
+    assert_eq!(earlier, Some(pending.clone()));
+    s.complete_key("k1", 7).await.unwrap();
+    let done = s.claim_key(&claim("k1", "a", 160)).await.unwrap();
+    assert_eq!(
+        done,
+        Some(KeyRecord {
+            message_id: Some(7),
+            ..pending
+        })
+    );
+    // Releasing a completed key does nothing.
+    s.release_key("k1").await.unwrap();
+    assert_eq!(
+        s.claim_key(&claim("k1", "a", 170))
+            .await
+            .unwrap()
+            .and_then(|r| r.message_id),
+        Some(7)
+    );
+
+    // A failed publish releases its key: the retry claims it afresh.
+    assert_eq!(s.claim_key(&claim("k2", "a", 200)).await.unwrap(), None);
+    s.release_key("k2").await.unwrap();
+    assert_eq!(s.claim_key(&claim("k2", "a", 300)).await.unwrap(), None);
+    s.release_key("never-claimed").await.unwrap();
+    s.complete_key("never-claimed", 1).await.unwrap();
+
+    // Concurrent claims of one key (as from several nodes): one wins.
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim_key(&claim("race", "a", t)).await.unwrap() })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap().is_none() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+
+    // Pruning forgets keys claimed strictly before the cutoff.
+    assert_eq!(
+        s.prune_keys(200).await.unwrap(),
+        2,
+        "k1 and the race winner"
+    );
+    assert_eq!(s.prune_keys(200).await.unwrap(), 0);
+    assert_eq!(s.claim_key(&claim("k1", "b", 400)).await.unwrap(), None);
+    assert!(s.claim_key(&claim("k2", "a", 400)).await.unwrap().is_some());
+    assert_eq!(s.prune_keys(i64::MAX).await.unwrap(), 2);
+}
+
 /// Concurrent appends to one room (as from several nodes): ids stay
 /// unique and dense.
 async fn concurrent_appends(s: Arc<dyn Store>) {
@@ -173,6 +251,7 @@ async fn concurrent_appends(s: Arc<dyn Store>) {
 #[tokio::test]
 async fn sqlite_keeps_the_store_contract() {
     contract(store::open("sqlite::memory:").await.unwrap()).await;
+    idempotency_keys(store::open("sqlite::memory:").await.unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/c.db", dir.path().display());
     concurrent_appends(store::open(&url).await.unwrap()).await;
@@ -191,6 +270,7 @@ async fn postgres_keeps_the_store_contract() {
     let db = TempDb::create(&admin).await;
     let s = store::open(&db.url).await.unwrap();
     contract(s.clone()).await;
+    idempotency_keys(s.clone()).await;
     concurrent_appends(s.clone()).await;
     s.close().await;
     // Migrations are applied once: a second node opening it is fine.

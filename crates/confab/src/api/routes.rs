@@ -6,8 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::error::{ApiCode, ApiError, ApiJson, ApiPath, ApiQuery};
 use super::model::*;
@@ -556,31 +555,12 @@ async fn find_stored(st: &ApiState, draft: &Draft, id: i64) -> Result<Stored, Ap
     })
 }
 
-/// Reasons given to kicks, kept for the life of the process because a
-/// close code carries a `&'static str`. Bounded: past [`MAX_REASONS`]
-/// distinct reasons, new ones fall back to the default.
-static REASONS: Mutex<Option<HashMap<String, &'static str>>> = Mutex::new(None);
-const MAX_REASONS: usize = 256;
-
-fn interned(reason: &str) -> &'static str {
-    let mut reasons = REASONS.lock();
-    let reasons = reasons.get_or_insert_with(HashMap::new);
-    if let Some(r) = reasons.get(reason) {
-        return r;
-    }
-    if reasons.len() >= MAX_REASONS {
-        return Close::KICKED.reason;
-    }
-    let leaked: &'static str = Box::leak(reason.to_owned().into_boxed_str());
-    reasons.insert(reason.to_owned(), leaked);
-    leaked
-}
-
 /// Disconnect a user
 ///
-/// Closes every connection of the user on this node with close code
+/// Closes every connection of the user, on every node, with close code
 /// 4000 and the given reason. Clients should not reconnect on their own.
-/// The body is optional.
+/// The body is optional. `connections` counts those on the node that
+/// answers; the other nodes close theirs as the broker brings them the kick.
 #[utoipa::path(
     post,
     path = "/api/v1/users/{user}/disconnect",
@@ -594,6 +574,7 @@ fn interned(reason: &str) -> &'static str {
         (status = 401, description = "No or a wrong API key", body = ApiError),
         (status = 413, description = "The request is too large", body = ApiError),
         (status = 415, description = "The body is not JSON", body = ApiError),
+        (status = 503, description = "The broker is unavailable (this node's connections are closed)", body = ApiError),
     )
 )]
 pub async fn disconnect(
@@ -642,11 +623,17 @@ pub async fn disconnect(
             }
             Close {
                 code: Close::KICKED.code,
-                reason: interned(&reason[..end]),
+                reason: Close::interned(&reason[..end]),
             }
         }
     };
     let connections = st.node.hub.kill_user(&user, close);
+    // Other nodes close theirs when the broker brings them the kick.
+    st.node
+        .broker
+        .kick(&user, close)
+        .await
+        .map_err(ApiError::unavailable)?;
     tracing::info!(%user, connections, reason = close.reason, "user disconnected through the API");
     Ok(Json(Disconnected {
         user: user.to_string(),

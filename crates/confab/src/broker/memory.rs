@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::{Broker, Deliver, Result};
 use crate::outbox::Delivery;
+use crate::protocol::codes::Close;
 use crate::protocol::native::RoomInfo;
 use crate::protocol::{RoomName, Topic, UserName};
 
@@ -89,6 +90,11 @@ impl Broker for MemoryBroker {
             .get(room)
             .map(|users| users.iter().map(|(u, n)| (u.clone(), *n)).collect())
             .unwrap_or_default())
+    }
+
+    async fn kick(&self, _user: &UserName, _close: Close) -> Result<()> {
+        // One node: the caller has closed every connection already.
+        Ok(())
     }
 
     async fn rooms(&self) -> Result<Vec<RoomInfo>> {

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 use crate::outbox::Delivery;
+use crate::protocol::codes::Close;
 use crate::protocol::native::RoomInfo;
 use crate::protocol::{RoomName, Topic, UserName};
 
@@ -44,6 +45,9 @@ pub type Result<T> = std::result::Result<T, BrokerError>;
 pub trait Deliver: Send + Sync + 'static {
     /// Delivers `delivery` to this node's connections of `topic`.
     fn deliver(&self, topic: &Topic, delivery: &Arc<Delivery>);
+    /// Closes this node's connections of `user` with `close`: a kick
+    /// another node received.
+    fn kick(&self, user: &UserName, close: Close);
 }
 
 /// Cross-node fan-out and presence.
@@ -63,16 +67,12 @@ pub trait Broker: Send + Sync + 'static {
     /// The users in `room`, by name.
     async fn presence(&self, room: &RoomName) -> Result<Vec<UserName>>;
     /// The users in `room`, by name, each with its number of connections
-    /// there, cluster-wide. Brokers that count connections override this;
-    /// the default reports one connection per user.
-    async fn presence_counts(&self, room: &RoomName) -> Result<Vec<(UserName, usize)>> {
-        Ok(self
-            .presence(room)
-            .await?
-            .into_iter()
-            .map(|u| (u, 1))
-            .collect())
-    }
+    /// there, cluster-wide.
+    async fn presence_counts(&self, room: &RoomName) -> Result<Vec<(UserName, usize)>>;
+    /// Has every other node close its connections of `user` with `close`
+    /// (the caller closes this node's). Best effort, like `publish`: only
+    /// nodes with a connection of `user` at that moment act on it.
+    async fn kick(&self, user: &UserName, close: Close) -> Result<()>;
     /// The rooms with users in them, by name, with how many.
     async fn rooms(&self) -> Result<Vec<RoomInfo>>;
     /// Checks that the broker answers.

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Broker, BrokerError, Deliver, Result};
 use crate::config::Settings;
 use crate::outbox::{Delivery, Encoding};
+use crate::protocol::codes::Close;
 use crate::protocol::native::RoomInfo;
 use crate::protocol::{Event, PresenceChange, RoomName, Topic, UserName};
 use crate::store::{PageQuery, Store};
@@ -103,6 +104,21 @@ struct Inner {
     connected: AtomicBool,
     shutdown: CancellationToken,
     scripts: Scripts,
+}
+
+/// The `type` of a kick frame: not an event type, so no client sees one.
+const KICK: &str = "kick";
+
+/// What a node publishes on `<cluster>:user:<name>` to have the other
+/// nodes close that user's connections.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KickFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    /// The node that sent it (and closed its own connections already).
+    node: String,
+    code: u16,
+    reason: String,
 }
 
 enum SubCmd {
@@ -315,6 +331,16 @@ impl Inner {
     }
 
     fn on_message(&self, msg: &redis::Msg) {
+        if let Some((user, kick)) = self.kick_frame(msg) {
+            if kick.node != self.node {
+                let close = Close {
+                    code: kick.code,
+                    reason: Close::interned(&kick.reason),
+                };
+                self.orderer.deliver.kick(&user, close);
+            }
+            return;
+        }
         let parsed = self.topic(msg.get_channel_name()).and_then(|topic| {
             let json = std::str::from_utf8(msg.get_payload_bytes()).ok()?;
             let event: Event = serde_json::from_str(json).ok()?;
@@ -331,6 +357,15 @@ impl Inner {
                 );
             }
         }
+    }
+
+    /// A kick on a user's channel, which is not an event for clients.
+    fn kick_frame(&self, msg: &redis::Msg) -> Option<(UserName, KickFrame)> {
+        let Some(Topic::User(user)) = self.topic(msg.get_channel_name()) else {
+            return None;
+        };
+        let frame: KickFrame = serde_json::from_slice(msg.get_payload_bytes()).ok()?;
+        (frame.kind == KICK).then_some((user, frame))
     }
 
     /// Owns the subscriber connection: applies commands in order,
@@ -690,6 +725,43 @@ impl Broker for RedisBroker {
             .collect();
         users.sort();
         Ok(users)
+    }
+
+    async fn presence_counts(&self, room: &RoomName) -> Result<Vec<(UserName, usize)>> {
+        let mut conn = self.inner.conn.clone();
+        // The cluster-wide counts: the sum over nodes, kept by the scripts.
+        let counts: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(format!("{}:members:{}", self.inner.prefix, room))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut users: Vec<(UserName, usize)> = counts
+            .into_iter()
+            .filter_map(|(name, n)| {
+                let n = usize::try_from(n).ok().filter(|n| *n > 0)?;
+                Some((UserName::parse(&name).ok()?, n))
+            })
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
+    async fn kick(&self, user: &UserName, close: Close) -> Result<()> {
+        let frame = KickFrame {
+            kind: KICK.to_owned(),
+            node: self.inner.node.clone(),
+            code: close.code,
+            reason: close.reason.to_owned(),
+        };
+        let json = serde_json::to_string(&frame).map_err(unavailable)?;
+        let mut conn = self.inner.conn.clone();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.inner.channel(&Topic::User(user.clone())))
+            .arg(json)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn rooms(&self) -> Result<Vec<RoomInfo>> {

@@ -58,7 +58,29 @@ pub struct Close {
     pub reason: &'static str,
 }
 
+/// Reasons given to kicks, kept for the life of the process because a
+/// close code carries a `&'static str`. Bounded: past [`MAX_REASONS`]
+/// distinct reasons, new ones fall back to the default.
+static REASONS: parking_lot::Mutex<Option<std::collections::HashMap<String, &'static str>>> =
+    parking_lot::Mutex::new(None);
+const MAX_REASONS: usize = 256;
+
 impl Close {
+    /// `reason` as a `&'static str`, for a kick's close (see [`REASONS`]).
+    pub fn interned(reason: &str) -> &'static str {
+        let mut reasons = REASONS.lock();
+        let reasons = reasons.get_or_insert_with(std::collections::HashMap::new);
+        if let Some(r) = reasons.get(reason) {
+            return r;
+        }
+        if reasons.len() >= MAX_REASONS {
+            return Close::KICKED.reason;
+        }
+        let leaked: &'static str = Box::leak(reason.to_owned().into_boxed_str());
+        reasons.insert(reason.to_owned(), leaked);
+        leaked
+    }
+
     /// The client asked to close (`close` on `/chat/`).
     pub const NORMAL: Close = Close {
         code: 1000,

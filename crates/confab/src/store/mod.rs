@@ -168,7 +168,8 @@ impl From<sqlx::Error> for StoreError {
 /// Result alias for store calls.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The history store. Implementations: [`sqlite::SqliteStore`].
+/// The history store. Implementations: [`sqlite::SqliteStore`],
+/// [`postgres::PostgresStore`].
 ///
 /// Contract (a shared test suite holds every implementation to it):
 /// * `append` is all or nothing; room ids are unique per room and
@@ -211,30 +212,100 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// Claims an idempotency key (see [`idempotency`]): `None` if this
     /// call claimed it, else the earlier claim.
-    async fn claim_key(&self, _claim: &KeyClaim) -> Result<Option<KeyRecord>> {
-        Err(StoreError::Unavailable(
-            "this store does not keep idempotency keys".into(),
-        ))
-    }
+    async fn claim_key(&self, claim: &KeyClaim) -> Result<Option<KeyRecord>>;
     /// Records the message id a claimed key's publish stored.
-    async fn complete_key(&self, _key: &str, _message_id: i64) -> Result<()> {
-        Err(StoreError::Unavailable(
-            "this store does not keep idempotency keys".into(),
-        ))
-    }
+    async fn complete_key(&self, key: &str, message_id: i64) -> Result<()>;
     /// Forgets a claimed key whose publish failed, so it can be retried.
-    async fn release_key(&self, _key: &str) -> Result<()> {
-        Err(StoreError::Unavailable(
-            "this store does not keep idempotency keys".into(),
-        ))
-    }
+    async fn release_key(&self, key: &str) -> Result<()>;
     /// Forgets keys claimed before `before_ms`; returns how many.
-    async fn prune_keys(&self, _before_ms: i64) -> Result<u64> {
-        Ok(0)
-    }
+    async fn prune_keys(&self, before_ms: i64) -> Result<u64>;
     /// Flushes and closes.
     async fn close(&self);
 }
+
+/// Defines, in the module that invokes it, a module `keys` with the
+/// idempotency-key queries for one sqlx pool type (a path from the crate
+/// root, e.g. `sqlx::PgPool`). The SQL is the same in both dialects, so
+/// each backend's [`Store`] methods call `keys::claim` and friends.
+macro_rules! idempotency_keys {
+    ($pool:ty) => {
+        /// The idempotency-key queries (see `store::idempotency`).
+        mod keys {
+            use sqlx::Row;
+
+            use $crate::store::idempotency::{KeyClaim, KeyRecord};
+            use $crate::store::{Result, StoreError};
+
+            pub(super) async fn claim(pool: &$pool, claim: &KeyClaim) -> Result<Option<KeyRecord>> {
+                // The earlier claim may be released between the insert
+                // and the select; then the key is free again: retry.
+                for _ in 0..3 {
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (key, scope, target, sender, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
+                    )
+                    .bind(&claim.key)
+                    .bind(claim.scope)
+                    .bind(&claim.target)
+                    .bind(&claim.sender)
+                    .bind(claim.created_at)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                    if inserted == 1 {
+                        return Ok(None);
+                    }
+                    let row = sqlx::query(
+                        "SELECT scope, target, sender, message_id, created_at \
+                         FROM idempotency_keys WHERE key = $1",
+                    )
+                    .bind(&claim.key)
+                    .fetch_optional(pool)
+                    .await?;
+                    if let Some(row) = row {
+                        return Ok(Some(KeyRecord {
+                            scope: row.try_get("scope")?,
+                            target: row.try_get("target")?,
+                            sender: row.try_get("sender")?,
+                            message_id: row.try_get("message_id")?,
+                            created_at: row.try_get("created_at")?,
+                        }));
+                    }
+                }
+                Err(StoreError::Unavailable(format!(
+                    "idempotency key `{}` keeps changing hands",
+                    claim.key
+                )))
+            }
+
+            pub(super) async fn complete(pool: &$pool, key: &str, message_id: i64) -> Result<()> {
+                sqlx::query("UPDATE idempotency_keys SET message_id = $2 WHERE key = $1")
+                    .bind(key)
+                    .bind(message_id)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub(super) async fn release(pool: &$pool, key: &str) -> Result<()> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND message_id IS NULL")
+                    .bind(key)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub(super) async fn prune(pool: &$pool, before_ms: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(before_ms)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+pub(crate) use idempotency_keys;
 
 /// Opens the store a URL names: `sqlite://PATH`, `sqlite::memory:` or
 /// `postgres://…`.

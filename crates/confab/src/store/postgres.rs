@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
+use super::idempotency::{KeyClaim, KeyRecord};
 use super::sqlite::{page, parse_name};
 use super::{Draft, PageQuery, Paged, Result, Store, Stored};
 use crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
@@ -42,6 +43,8 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 }
+
+super::idempotency_keys!(sqlx::PgPool);
 
 fn room_message(row: &PgRow) -> Result<RoomMessage> {
     Ok(RoomMessage {
@@ -311,6 +314,22 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn claim_key(&self, claim: &KeyClaim) -> Result<Option<KeyRecord>> {
+        keys::claim(&self.pool, claim).await
+    }
+
+    async fn complete_key(&self, key: &str, message_id: i64) -> Result<()> {
+        keys::complete(&self.pool, key, message_id).await
+    }
+
+    async fn release_key(&self, key: &str) -> Result<()> {
+        keys::release(&self.pool, key).await
+    }
+
+    async fn prune_keys(&self, before_ms: i64) -> Result<u64> {
+        keys::prune(&self.pool, before_ms).await
     }
 
     async fn close(&self) {

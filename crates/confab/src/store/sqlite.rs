@@ -55,6 +55,8 @@ impl SqliteStore {
     }
 }
 
+super::idempotency_keys!(sqlx::SqlitePool);
+
 /// A row of `messages` as a [`RoomMessage`].
 fn room_message(row: &sqlx::sqlite::SqliteRow) -> Result<RoomMessage> {
     Ok(RoomMessage {
@@ -309,60 +311,19 @@ impl Store for SqliteStore {
     }
 
     async fn claim_key(&self, claim: &KeyClaim) -> Result<Option<KeyRecord>> {
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (key, scope, target, sender, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&claim.key)
-        .bind(claim.scope)
-        .bind(&claim.target)
-        .bind(&claim.sender)
-        .bind(claim.created_at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(None);
-        }
-        let row = sqlx::query(
-            "SELECT scope, target, sender, message_id, created_at FROM idempotency_keys \
-             WHERE key = $1",
-        )
-        .bind(&claim.key)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Some(KeyRecord {
-            scope: row.try_get("scope")?,
-            target: row.try_get("target")?,
-            sender: row.try_get("sender")?,
-            message_id: row.try_get("message_id")?,
-            created_at: row.try_get("created_at")?,
-        }))
+        keys::claim(&self.pool, claim).await
     }
 
     async fn complete_key(&self, key: &str, message_id: i64) -> Result<()> {
-        sqlx::query("UPDATE idempotency_keys SET message_id = $2 WHERE key = $1")
-            .bind(key)
-            .bind(message_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        keys::complete(&self.pool, key, message_id).await
     }
 
     async fn release_key(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND message_id IS NULL")
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        keys::release(&self.pool, key).await
     }
 
     async fn prune_keys(&self, before_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        keys::prune(&self.pool, before_ms).await
     }
 
     async fn close(&self) {

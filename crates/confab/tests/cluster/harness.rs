@@ -211,6 +211,7 @@ impl Cluster {
             .env("CONFAB_NODE_ID", &name)
             .env("CONFAB_NODE_TTL", self.ttl_secs.to_string())
             .env("CONFAB_RATE_LIMIT", "0")
+            .env("CONFAB_API_KEY", crate::http_client::KEY)
             .env("CONFAB_SHUTDOWN_TIMEOUT", "3")
             .stdout(Stdio::null())
             .stderr(log)
@@ -225,6 +226,11 @@ impl Cluster {
 impl Node {
     pub fn url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Where its HTTP API listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     async fn wait_ready(&self) {

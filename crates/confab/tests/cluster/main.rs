@@ -6,6 +6,8 @@
 mod common;
 mod faults;
 mod harness;
+#[path = "../server/http_client.rs"]
+mod http_client;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -314,4 +316,105 @@ async fn tutorial_clients_on_two_nodes_share_a_room() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     chat.send_text("global hello").await;
     assert_eq!(chat2.next_text().await, "global hello");
+}
+
+/// `GET /api/v1/rooms/{room}/presence` until its users are `want`.
+async fn presence_becomes(node: &harness::Node, room: &str, want: Value) {
+    let path = format!("/api/v1/rooms/{room}/presence");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = http_client::get(node.addr(), &path).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let got = answer.json();
+        if got["users"] == want {
+            assert_eq!(got["room"], room);
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence on {}: {got}, want {want}",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_api_counts_a_users_connections_on_every_node() {
+    let Some((cluster, _db)) = setup("api_presence_counts").await else {
+        return;
+    };
+    let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
+    let mut carol1 = n1.native("carol").await;
+    carol1.join("room", None).await;
+    let mut carol2 = n1.native("carol").await;
+    carol2.join("room", None).await;
+    let mut carol3 = n2.native("carol").await;
+    carol3.join("room", None).await;
+    let mut bob = n2.native("bob").await;
+    bob.join("room", None).await;
+
+    let all = json!([
+        {"user": "bob", "connections": 1},
+        {"user": "carol", "connections": 3},
+    ]);
+    presence_becomes(&n1, "room", all.clone()).await;
+    presence_becomes(&n2, "room", all).await;
+
+    // One of carol's connections on node a ends; her tab on b leaves.
+    drop(carol1);
+    carol3
+        .send_json(json!({"type": "leave", "id": "l", "room": "room"}))
+        .await;
+    carol3.expect("left").await;
+    let fewer = json!([
+        {"user": "bob", "connections": 1},
+        {"user": "carol", "connections": 1},
+    ]);
+    presence_becomes(&n2, "room", fewer.clone()).await;
+    presence_becomes(&n1, "room", fewer).await;
+
+    // Nobody left and no history: the room is unknown again.
+    drop((carol2, bob));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = http_client::get(n1.addr(), "/api/v1/rooms/room/presence").await;
+        if answer.status == 404 {
+            answer.error(404, "unknown_room");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", answer.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_api_kick_closes_the_users_connections_on_every_node() {
+    let Some((cluster, _db)) = setup("api_kick_across_nodes").await else {
+        return;
+    };
+    let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
+    let mut here = n1.native("mallory").await;
+    let mut there1 = n2.native("mallory").await;
+    let mut there2 = n2.native("mallory").await;
+    there2.join("room", None).await;
+    let mut bob = n2.native("bob").await;
+    bob.join("room", None).await;
+
+    let answer = http_client::post(
+        n1.addr(),
+        "/api/v1/users/mallory/disconnect",
+        &json!({"reason": "spam"}),
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json(), json!({"user": "mallory", "connections": 1}));
+
+    for c in [&mut here, &mut there1, &mut there2] {
+        assert_eq!(c.closed().await, 4000);
+    }
+    // Others stay.
+    let (_, echo) = bob.say("room", "still here", "s1").await;
+    assert_eq!(echo["body"], "still here");
 }
