@@ -311,6 +311,14 @@ impl Settings {
             self.rate_limit == 0 || self.rate_burst >= 1,
             "rate_burst must be at least 1"
         );
+        // Nodes of a cluster draw message ids from one store; with a store
+        // each, ids would collide and receivers would drop messages as
+        // already seen.
+        anyhow::ensure!(
+            self.broker.starts_with("memory") || self.store.starts_with("postgres"),
+            "a cluster broker (`{}`) needs a store every node shares: use --store postgres://…",
+            crate::store::redact(&self.broker)
+        );
         for (what, value) in [
             ("node_id", &self.node_id),
             ("cluster_name", &self.cluster_name),
@@ -382,6 +390,19 @@ mod tests {
             ..Overrides::default()
         };
         assert!(Settings::from_overrides(bad).is_err());
+    }
+
+    #[test]
+    fn a_cluster_broker_with_a_private_store_is_refused() {
+        let cluster = |store: &str| {
+            Settings::from_overrides(Overrides {
+                broker: Some("redis://127.0.0.1:6379/".into()),
+                store: Some(store.into()),
+                ..Overrides::default()
+            })
+        };
+        assert!(cluster("sqlite::memory:").is_err());
+        assert!(cluster("postgres://db/chat").is_ok());
     }
 
     #[test]

@@ -87,7 +87,7 @@ fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: WebSocketUpgrade, kind: Kin
     // connection that never writes never allocates it.
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(2 * max + 4 * 1024 * 1024)
         .on_upgrade(move |socket| tracker.track_future(session::run(node, socket, kind, permit)))

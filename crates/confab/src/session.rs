@@ -91,14 +91,14 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPer
         seed: None,
     };
     let mut socket = socket;
-    let close = match session.start(&mut socket, kind).await {
+    let close = match Box::pin(session.start(&mut socket, kind)).await {
         Ok(()) => session.run(&mut socket, &mut rx, &kill).await,
         Err(close) => Some(close),
     };
     let metrics = &session.node.metrics;
     metrics.disconnected(close.as_ref());
     metrics.dropped(crate::metrics::Dropped::QueuedAtClose, rx.len());
-    session.cleanup().await;
+    Box::pin(session.cleanup()).await;
     if let Some(close) = close {
         close_socket(&mut socket, close).await;
     }
@@ -199,7 +199,10 @@ impl Session {
                     let flow = match msg {
                         None => return None,
                         Some(Err(err)) => return close_for(err),
-                        Some(Ok(Message::Text(text))) => self.on_text(socket, &text, &mut pending).await,
+                        // Boxed: handling a command needs a large future
+                        // for a moment; inline, every idle connection's
+                        // task would carry its size.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(socket, &text, &mut pending)).await,
                         Some(Ok(Message::Binary(_))) => self.on_binary(socket).await,
                         Some(Ok(Message::Close(_))) => {
                             answer_close(socket).await;

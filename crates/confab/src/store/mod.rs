@@ -338,6 +338,187 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+pub(crate) fn parse_name<T, E: std::fmt::Display>(
+    s: String,
+    parse: fn(&str) -> std::result::Result<T, E>,
+) -> Result<T> {
+    parse(&s).map_err(|e| StoreError::Unavailable(format!("stored name `{s}`: {e}")))
+}
+
+/// Turns rows fetched newest-first or oldest-first, one more than the
+/// limit, into an oldest-first page.
+pub(crate) fn page<T>(mut items: Vec<T>, limit: u32, newest_first: bool) -> Paged<T> {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    if newest_first {
+        items.reverse();
+    }
+    Paged { items, more }
+}
+
+/// The queries both SQL stores run word for word (`$N` placeholders work
+/// in SQLite and PostgreSQL alike), expanded once per backend with its
+/// pool and row types, so each `Store` impl delegates to one copy.
+macro_rules! shared_queries {
+    ($pool:ty, $row:ty) => {
+        /// History and user queries shared by the SQL stores.
+        mod queries {
+            use sqlx::Row;
+
+            use $crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
+            use $crate::store::{page, parse_name, PageQuery, Paged, Result};
+
+            /// A row of `messages` as a [`RoomMessage`].
+            pub(crate) fn room_message(row: &$row) -> Result<RoomMessage> {
+                Ok(RoomMessage {
+                    room: parse_name(row.try_get("room")?, RoomName::parse)?,
+                    id: row.try_get("id")?,
+                    from: parse_name(row.try_get("sender")?, UserName::parse)?,
+                    body: row.try_get("body")?,
+                    ts: row.try_get("ts")?,
+                    client_id: row.try_get("client_id")?,
+                })
+            }
+
+            /// A row of `direct_messages` as a [`DirectMessage`].
+            pub(crate) fn direct_message(row: &$row) -> Result<DirectMessage> {
+                Ok(DirectMessage {
+                    id: row.try_get("id")?,
+                    from: parse_name(row.try_get("sender")?, UserName::parse)?,
+                    to: parse_name(row.try_get("recipient")?, UserName::parse)?,
+                    body: row.try_get("body")?,
+                    ts: row.try_get("ts")?,
+                    client_id: row.try_get("client_id")?,
+                })
+            }
+
+            pub(crate) async fn room_page(pool: &$pool, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>> {
+                let (sql, key, newest_first) = match (q.before, q.after) {
+                    (_, Some(after)) => (
+                        "SELECT * FROM messages WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3",
+                        after,
+                        false,
+                    ),
+                    (before, None) => (
+                        "SELECT * FROM messages WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                        before.unwrap_or(i64::MAX),
+                        true,
+                    ),
+                };
+                let rows = sqlx::query(sql)
+                    .bind(room.as_str())
+                    .bind(key)
+                    .bind(i64::from(q.limit) + 1)
+                    .fetch_all(pool)
+                    .await?;
+                let items = rows.iter().map(room_message).collect::<Result<Vec<_>>>()?;
+                Ok(page(items, q.limit, newest_first))
+            }
+
+            pub(crate) async fn dm_page(pool: &$pool, a: &UserName,
+                b: &UserName,
+                q: PageQuery,
+            ) -> Result<Paged<DirectMessage>> {
+                let (sql, key, newest_first) = match (q.before, q.after) {
+                    (_, Some(after)) => (
+                        "SELECT * FROM direct_messages WHERE \
+                         ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
+                         AND id > $3 ORDER BY id ASC LIMIT $4",
+                        after,
+                        false,
+                    ),
+                    (before, None) => (
+                        "SELECT * FROM direct_messages WHERE \
+                         ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
+                         AND id < $3 ORDER BY id DESC LIMIT $4",
+                        before.unwrap_or(i64::MAX),
+                        true,
+                    ),
+                };
+                let rows = sqlx::query(sql)
+                    .bind(a.as_str())
+                    .bind(b.as_str())
+                    .bind(key)
+                    .bind(i64::from(q.limit) + 1)
+                    .fetch_all(pool)
+                    .await?;
+                let items = rows
+                    .iter()
+                    .map(direct_message)
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(page(items, q.limit, newest_first))
+            }
+
+            pub(crate) async fn dms_since(pool: &$pool, user: &UserName,
+                after: i64,
+                limit: u32,
+            ) -> Result<Paged<DirectMessage>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM direct_messages WHERE (sender = $1 OR recipient = $1) AND id > $2 \
+                     ORDER BY id ASC LIMIT $3",
+                )
+                .bind(user.as_str())
+                .bind(after)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await?;
+                let items = rows
+                    .iter()
+                    .map(direct_message)
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(page(items, limit, false))
+            }
+
+            pub(crate) async fn undelivered_dms(pool: &$pool, user: &UserName, limit: u32) -> Result<Vec<DirectMessage>> {
+                let rows = sqlx::query(
+                    "SELECT d.* FROM direct_messages d JOIN users u ON u.name = d.recipient \
+                     WHERE d.recipient = $1 AND d.id > u.delivered_id ORDER BY d.id ASC LIMIT $2",
+                )
+                .bind(user.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(direct_message).collect()
+            }
+
+            pub(crate) async fn register_user(pool: &$pool, user: &UserName) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO users (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(user.as_str())
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            pub(crate) async fn room_heads(pool: &$pool) -> Result<Vec<(RoomName, i64, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT r.name AS name, r.last_id AS last_id, m.ts AS ts FROM rooms r \
+                     JOIN messages m ON m.room = r.name AND m.id = r.last_id ORDER BY r.name",
+                )
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            parse_name(row.try_get("name")?, RoomName::parse)?,
+                            row.try_get("last_id")?,
+                            row.try_get("ts")?,
+                        ))
+                    })
+                    .collect()
+            }
+
+            pub(crate) async fn ping(pool: &$pool) -> Result<()> {
+                sqlx::query("SELECT 1").execute(pool).await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use shared_queries;
+
 #[cfg(test)]
 mod tests {
     #[test]

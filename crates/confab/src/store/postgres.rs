@@ -13,11 +13,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::idempotency::{KeyClaim, KeyRecord};
-use super::sqlite::{page, parse_name};
 use super::{Draft, PageQuery, Paged, Result, Store, Stored};
 use crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
 
@@ -45,28 +44,7 @@ impl PostgresStore {
 }
 
 super::idempotency_keys!(sqlx::PgPool);
-
-fn room_message(row: &PgRow) -> Result<RoomMessage> {
-    Ok(RoomMessage {
-        room: parse_name(row.try_get("room")?, RoomName::parse)?,
-        id: row.try_get("id")?,
-        from: parse_name(row.try_get("sender")?, UserName::parse)?,
-        body: row.try_get("body")?,
-        ts: row.try_get("ts")?,
-        client_id: row.try_get("client_id")?,
-    })
-}
-
-fn direct_message(row: &PgRow) -> Result<DirectMessage> {
-    Ok(DirectMessage {
-        id: row.try_get("id")?,
-        from: parse_name(row.try_get("sender")?, UserName::parse)?,
-        to: parse_name(row.try_get("recipient")?, UserName::parse)?,
-        body: row.try_get("body")?,
-        ts: row.try_get("ts")?,
-        client_id: row.try_get("client_id")?,
-    })
-}
+super::shared_queries!(sqlx::PgPool, sqlx::postgres::PgRow);
 
 /// Column vectors for one multi-row insert.
 #[derive(Default)]
@@ -132,8 +110,16 @@ impl Store for PostgresStore {
         let (mut rooms, mut directs) = (Columns::default(), Columns::default());
         for stored in &out {
             match stored {
-                Stored::Room(m) => rooms.push(m.room.as_str(), m.id, m.from.as_str(), &m.body, &m.client_id),
-                Stored::Direct(d) => directs.push(d.to.as_str(), d.id, d.from.as_str(), &d.body, &d.client_id),
+                Stored::Room(m) => rooms.push(
+                    m.room.as_str(),
+                    m.id,
+                    m.from.as_str(),
+                    &m.body,
+                    &m.client_id,
+                ),
+                Stored::Direct(d) => {
+                    directs.push(d.to.as_str(), d.id, d.from.as_str(), &d.body, &d.client_id)
+                }
             }
         }
         rooms.ts = vec![ts; rooms.id.len()];
@@ -173,26 +159,7 @@ impl Store for PostgresStore {
     }
 
     async fn room_page(&self, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>> {
-        let (sql, key, newest_first) = match (q.before, q.after) {
-            (_, Some(after)) => (
-                "SELECT * FROM messages WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3",
-                after,
-                false,
-            ),
-            (before, None) => (
-                "SELECT * FROM messages WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-                before.unwrap_or(i64::MAX),
-                true,
-            ),
-        };
-        let rows = sqlx::query(sql)
-            .bind(room.as_str())
-            .bind(key)
-            .bind(i64::from(q.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(room_message).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, newest_first))
+        queries::room_page(&self.pool, room, q).await
     }
 
     async fn dm_page(
@@ -201,34 +168,7 @@ impl Store for PostgresStore {
         b: &UserName,
         q: PageQuery,
     ) -> Result<Paged<DirectMessage>> {
-        let (sql, key, newest_first) = match (q.before, q.after) {
-            (_, Some(after)) => (
-                "SELECT * FROM direct_messages WHERE \
-                 ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
-                 AND id > $3 ORDER BY id ASC LIMIT $4",
-                after,
-                false,
-            ),
-            (before, None) => (
-                "SELECT * FROM direct_messages WHERE \
-                 ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
-                 AND id < $3 ORDER BY id DESC LIMIT $4",
-                before.unwrap_or(i64::MAX),
-                true,
-            ),
-        };
-        let rows = sqlx::query(sql)
-            .bind(a.as_str())
-            .bind(b.as_str())
-            .bind(key)
-            .bind(i64::from(q.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows
-            .iter()
-            .map(direct_message)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, newest_first))
+        queries::dm_page(&self.pool, a, b, q).await
     }
 
     async fn dms_since(
@@ -237,32 +177,11 @@ impl Store for PostgresStore {
         after: i64,
         limit: u32,
     ) -> Result<Paged<DirectMessage>> {
-        let rows = sqlx::query(
-            "SELECT * FROM direct_messages WHERE (sender = $1 OR recipient = $1) AND id > $2 \
-             ORDER BY id ASC LIMIT $3",
-        )
-        .bind(user.as_str())
-        .bind(after)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows
-            .iter()
-            .map(direct_message)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, false))
+        queries::dms_since(&self.pool, user, after, limit).await
     }
 
     async fn undelivered_dms(&self, user: &UserName, limit: u32) -> Result<Vec<DirectMessage>> {
-        let rows = sqlx::query(
-            "SELECT d.* FROM direct_messages d JOIN users u ON u.name = d.recipient \
-             WHERE d.recipient = $1 AND d.id > u.delivered_id ORDER BY d.id ASC LIMIT $2",
-        )
-        .bind(user.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(direct_message).collect()
+        queries::undelivered_dms(&self.pool, user, limit).await
     }
 
     async fn mark_delivered(&self, user: &UserName, id: i64) -> Result<()> {
@@ -275,14 +194,7 @@ impl Store for PostgresStore {
     }
 
     async fn register_user(&self, user: &UserName) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO users (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(user.as_str())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        queries::register_user(&self.pool, user).await
     }
 
     async fn user_exists(&self, user: &UserName) -> Result<bool> {
@@ -294,26 +206,11 @@ impl Store for PostgresStore {
     }
 
     async fn room_heads(&self) -> Result<Vec<(RoomName, i64, i64)>> {
-        let rows = sqlx::query(
-            "SELECT r.name AS name, r.last_id AS last_id, m.ts AS ts FROM rooms r \
-             JOIN messages m ON m.room = r.name AND m.id = r.last_id ORDER BY r.name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    parse_name(row.try_get("name")?, RoomName::parse)?,
-                    row.try_get("last_id")?,
-                    row.try_get("ts")?,
-                ))
-            })
-            .collect()
+        queries::room_heads(&self.pool).await
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        queries::ping(&self.pool).await
     }
 
     async fn claim_key(&self, claim: &KeyClaim) -> Result<Option<KeyRecord>> {

@@ -56,48 +56,7 @@ impl SqliteStore {
 }
 
 super::idempotency_keys!(sqlx::SqlitePool);
-
-/// A row of `messages` as a [`RoomMessage`].
-fn room_message(row: &sqlx::sqlite::SqliteRow) -> Result<RoomMessage> {
-    Ok(RoomMessage {
-        room: parse_name(row.try_get("room")?, RoomName::parse)?,
-        id: row.try_get("id")?,
-        from: parse_name(row.try_get("sender")?, UserName::parse)?,
-        body: row.try_get("body")?,
-        ts: row.try_get("ts")?,
-        client_id: row.try_get("client_id")?,
-    })
-}
-
-/// A row of `direct_messages` as a [`DirectMessage`].
-fn direct_message(row: &sqlx::sqlite::SqliteRow) -> Result<DirectMessage> {
-    Ok(DirectMessage {
-        id: row.try_get("id")?,
-        from: parse_name(row.try_get("sender")?, UserName::parse)?,
-        to: parse_name(row.try_get("recipient")?, UserName::parse)?,
-        body: row.try_get("body")?,
-        ts: row.try_get("ts")?,
-        client_id: row.try_get("client_id")?,
-    })
-}
-
-pub(super) fn parse_name<T, E: std::fmt::Display>(
-    s: String,
-    parse: fn(&str) -> std::result::Result<T, E>,
-) -> Result<T> {
-    parse(&s).map_err(|e| super::StoreError::Unavailable(format!("stored name `{s}`: {e}")))
-}
-
-/// Turns rows fetched newest-first or oldest-first, one more than the
-/// limit, into an oldest-first page.
-pub(super) fn page<T>(mut items: Vec<T>, limit: u32, newest_first: bool) -> Paged<T> {
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    if newest_first {
-        items.reverse();
-    }
-    Paged { items, more }
-}
+super::shared_queries!(sqlx::SqlitePool, sqlx::sqlite::SqliteRow);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -155,11 +114,18 @@ impl Store for SqliteStore {
         };
         for (rows, sql) in [
             (serde_json::to_string(&messages), insert("messages", "room")),
-            (serde_json::to_string(&directs), insert("direct_messages", "recipient")),
+            (
+                serde_json::to_string(&directs),
+                insert("direct_messages", "recipient"),
+            ),
         ] {
             let rows = rows.expect("rows serialize");
             if rows != "[]" {
-                sqlx::query(&sql).bind(rows).bind(ts).execute(&mut *tx).await?;
+                sqlx::query(&sql)
+                    .bind(rows)
+                    .bind(ts)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -167,26 +133,7 @@ impl Store for SqliteStore {
     }
 
     async fn room_page(&self, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>> {
-        let (sql, key, newest_first) = match (q.before, q.after) {
-            (_, Some(after)) => (
-                "SELECT * FROM messages WHERE room = $1 AND id > $2 ORDER BY id ASC LIMIT $3",
-                after,
-                false,
-            ),
-            (before, None) => (
-                "SELECT * FROM messages WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-                before.unwrap_or(i64::MAX),
-                true,
-            ),
-        };
-        let rows = sqlx::query(sql)
-            .bind(room.as_str())
-            .bind(key)
-            .bind(i64::from(q.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows.iter().map(room_message).collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, newest_first))
+        queries::room_page(&self.pool, room, q).await
     }
 
     async fn dm_page(
@@ -195,34 +142,7 @@ impl Store for SqliteStore {
         b: &UserName,
         q: PageQuery,
     ) -> Result<Paged<DirectMessage>> {
-        let (sql, key, newest_first) = match (q.before, q.after) {
-            (_, Some(after)) => (
-                "SELECT * FROM direct_messages WHERE \
-                 ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
-                 AND id > $3 ORDER BY id ASC LIMIT $4",
-                after,
-                false,
-            ),
-            (before, None) => (
-                "SELECT * FROM direct_messages WHERE \
-                 ((sender = $1 AND recipient = $2) OR (sender = $2 AND recipient = $1)) \
-                 AND id < $3 ORDER BY id DESC LIMIT $4",
-                before.unwrap_or(i64::MAX),
-                true,
-            ),
-        };
-        let rows = sqlx::query(sql)
-            .bind(a.as_str())
-            .bind(b.as_str())
-            .bind(key)
-            .bind(i64::from(q.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let items = rows
-            .iter()
-            .map(direct_message)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, q.limit, newest_first))
+        queries::dm_page(&self.pool, a, b, q).await
     }
 
     async fn dms_since(
@@ -231,32 +151,11 @@ impl Store for SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Paged<DirectMessage>> {
-        let rows = sqlx::query(
-            "SELECT * FROM direct_messages WHERE (sender = $1 OR recipient = $1) AND id > $2 \
-             ORDER BY id ASC LIMIT $3",
-        )
-        .bind(user.as_str())
-        .bind(after)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows
-            .iter()
-            .map(direct_message)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(page(items, limit, false))
+        queries::dms_since(&self.pool, user, after, limit).await
     }
 
     async fn undelivered_dms(&self, user: &UserName, limit: u32) -> Result<Vec<DirectMessage>> {
-        let rows = sqlx::query(
-            "SELECT d.* FROM direct_messages d JOIN users u ON u.name = d.recipient \
-             WHERE d.recipient = $1 AND d.id > u.delivered_id ORDER BY d.id ASC LIMIT $2",
-        )
-        .bind(user.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(direct_message).collect()
+        queries::undelivered_dms(&self.pool, user, limit).await
     }
 
     async fn mark_delivered(&self, user: &UserName, id: i64) -> Result<()> {
@@ -269,14 +168,7 @@ impl Store for SqliteStore {
     }
 
     async fn register_user(&self, user: &UserName) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO users (name, first_seen) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(user.as_str())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        queries::register_user(&self.pool, user).await
     }
 
     async fn user_exists(&self, user: &UserName) -> Result<bool> {
@@ -288,26 +180,11 @@ impl Store for SqliteStore {
     }
 
     async fn room_heads(&self) -> Result<Vec<(RoomName, i64, i64)>> {
-        let rows = sqlx::query(
-            "SELECT r.name AS name, r.last_id AS last_id, m.ts AS ts FROM rooms r \
-             JOIN messages m ON m.room = r.name AND m.id = r.last_id ORDER BY r.name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    parse_name(row.try_get("name")?, RoomName::parse)?,
-                    row.try_get("last_id")?,
-                    row.try_get("ts")?,
-                ))
-            })
-            .collect()
+        queries::room_heads(&self.pool).await
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        queries::ping(&self.pool).await
     }
 
     async fn claim_key(&self, claim: &KeyClaim) -> Result<Option<KeyRecord>> {
