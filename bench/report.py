@@ -3,6 +3,7 @@
 and an SVG plot of p99 latency against offered load. Standard library only."""
 
 import argparse
+import os
 import json
 import math
 from collections import defaultdict
@@ -369,6 +370,12 @@ def main():
         L.append("")
         for n in notes:
             L.append(f"- {n}")
+        L.append("")
+
+    # ---- hand-written analysis of the run (targets, optimisation log)
+    analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")
+    if os.path.exists(analysis):
+        L.extend(open(analysis).read().rstrip("\n").split("\n"))
         L.append("")
 
     # ---- environment and commands
