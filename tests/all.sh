@@ -19,6 +19,9 @@ step "cargo test (Redis: $CONFAB_TEST_REDIS_URL, PostgreSQL: $CONFAB_TEST_POSTGR
 # they print a SKIP line, except under CI=true, where they fail instead.
 cargo test --workspace
 
+step "the README's first command resolves the server binary"
+cargo run -q -- --version
+
 for suite in tests/browser/run.sh tests/api/schemathesis.sh bench/smoke; do
   if [ -x "$suite" ]; then
     step "$suite"
