@@ -104,6 +104,7 @@ impl Hub {
                 Pushed::Queued => fanout.queued += 1,
                 Pushed::Overflow => fanout.overflowed += 1,
                 Pushed::Gone => fanout.gone += 1,
+                Pushed::Skipped => {}
             }
         }
         fanout

@@ -106,6 +106,10 @@ impl Kill {
 pub struct Outbox {
     tx: mpsc::Sender<Arc<Delivery>>,
     kill: Arc<Kill>,
+    /// Takes only messages and direct messages: a tutorial connection has
+    /// no way to show presence or typing, and queueing them anyway would
+    /// cost every member a wake-up per join in a large room.
+    chat_only: bool,
 }
 
 /// What [`Outbox::push`] did.
@@ -117,6 +121,8 @@ pub enum Pushed {
     Overflow,
     /// The connection is gone.
     Gone,
+    /// The connection does not take this kind of event.
+    Skipped,
 }
 
 impl Outbox {
@@ -128,15 +134,25 @@ impl Outbox {
             Self {
                 tx,
                 kill: kill.clone(),
+                chat_only: false,
             },
             rx,
             kill,
         )
     }
 
+    /// This outbox, taking only messages and direct messages.
+    pub fn chat_only(mut self) -> Self {
+        self.chat_only = true;
+        self
+    }
+
     /// Queues `delivery` without waiting; a full queue closes the
     /// connection as a slow consumer.
     pub fn push(&self, delivery: Arc<Delivery>) -> Pushed {
+        if self.chat_only && !matches!(delivery.event, Event::Message(_) | Event::Dm(_)) {
+            return Pushed::Skipped;
+        }
         match self.tx.try_send(delivery) {
             Ok(()) => Pushed::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -150,5 +166,37 @@ impl Outbox {
     /// Closes the connection with `close`.
     pub fn kill(&self, close: Close) {
         self.kill.fire(close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{PresenceChange, RoomMessage, RoomName, UserName};
+
+    #[test]
+    fn a_chat_only_outbox_takes_messages_and_skips_presence() {
+        let (outbox, mut rx, _) = Outbox::new(4);
+        let outbox = outbox.chat_only();
+        let room = RoomName::parse("lobby").unwrap();
+        let user = UserName::parse("ann").unwrap();
+        let presence = Delivery::new(Event::Presence {
+            room: room.clone(),
+            user: user.clone(),
+            event: PresenceChange::Join,
+        });
+        let message = Delivery::new(Event::Message(RoomMessage {
+            room,
+            id: 1,
+            from: user,
+            body: "hi".into(),
+            ts: 0,
+            client_id: None,
+        }));
+
+        assert_eq!(outbox.push(presence), Pushed::Skipped);
+        assert_eq!(outbox.push(message), Pushed::Queued);
+        assert!(matches!(rx.try_recv().unwrap().event, Event::Message(_)));
+        assert!(rx.try_recv().is_err());
     }
 }

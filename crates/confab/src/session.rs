@@ -78,6 +78,10 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPer
         return echo(node, socket).await;
     }
     let (outbox, mut rx, kill) = Outbox::new(node.settings.outbound_queue);
+    let outbox = match kind {
+        Kind::Seed { .. } => outbox.chat_only(),
+        _ => outbox,
+    };
     let conn = node.hub.next_conn();
     let mut session = Session {
         limiter: RateLimiter::new(node.settings.rate_limit, node.settings.rate_burst),
