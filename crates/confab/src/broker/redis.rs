@@ -312,6 +312,26 @@ impl RedisBroker {
 }
 
 impl Inner {
+    /// Runs a presence script (add or remove one connection of `user` in
+    /// `room` for this node) and returns its answer.
+    async fn presence_script(
+        &self,
+        script: &Script,
+        room: &RoomName,
+        user: &UserName,
+    ) -> Result<i64> {
+        let mut conn = self.conn.clone();
+        script
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(&self.node)
+            .arg(room.as_str())
+            .arg(user.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
     fn channel(&self, topic: &Topic) -> String {
         match topic {
             Topic::Room(r) => format!("{}:room:{}", self.prefix, r),
@@ -661,18 +681,7 @@ impl Broker for RedisBroker {
     async fn presence_add(&self, room: &RoomName, user: &UserName) -> Result<bool> {
         let i = &self.inner;
         let mut mirror = i.mirror.lock().await;
-        let mut conn = i.conn.clone();
-        let n: i64 = i
-            .scripts
-            .add
-            .prepare_invoke()
-            .arg(&i.prefix)
-            .arg(&i.node)
-            .arg(room.as_str())
-            .arg(user.as_str())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let n = i.presence_script(&i.scripts.add, room, user).await?;
         *mirror
             .entry(room.clone())
             .or_default()
@@ -697,18 +706,7 @@ impl Broker for RedisBroker {
         }
         // The mirror changed whatever Redis says: a failed removal is
         // repaired by the next restore.
-        let mut conn = i.conn.clone();
-        let gone: i64 = i
-            .scripts
-            .remove
-            .prepare_invoke()
-            .arg(&i.prefix)
-            .arg(&i.node)
-            .arg(room.as_str())
-            .arg(user.as_str())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let gone = i.presence_script(&i.scripts.remove, room, user).await?;
         Ok(gone == 1)
     }
 

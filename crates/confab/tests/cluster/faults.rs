@@ -28,12 +28,9 @@ async fn nodes_ride_out_a_redis_restart_and_lose_no_acknowledged_message() {
     let mut redis = PrivateRedis::start().await;
     let cluster = Cluster::new(&redis.url(), &db.url);
     let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
-    let mut alice = n1.native("alice").await;
-    alice.join("r", None).await;
-    let mut alice_here = n1.native("alice2").await;
-    alice_here.join("r", None).await;
-    let mut bob = n2.native("bob").await;
-    bob.join("r", None).await;
+    let mut alice = n1.member("alice", "r").await;
+    let mut alice_here = n1.member("alice2", "r").await;
+    let mut bob = n2.member("bob", "r").await;
     alice.say("r", "before", "c0").await;
     assert_eq!(bob.expect("message").await["body"], "before");
     let mut carol = n2.native("carol").await;
@@ -90,10 +87,8 @@ async fn sends_fail_as_unavailable_while_postgres_is_down() {
     let db = TestDb::create(&pg).await;
     let cluster = Cluster::new(&redis, &db.url);
     let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
-    let mut alice = n1.native("alice").await;
-    alice.join("r", None).await;
-    let mut bob = n2.native("bob").await;
-    bob.join("r", None).await;
+    let mut alice = n1.member("alice", "r").await;
+    let mut bob = n2.member("bob", "r").await;
 
     db.take_down().await;
     alice
@@ -156,12 +151,9 @@ async fn a_killed_nodes_clients_resume_elsewhere_and_its_users_leave_once() {
     let db = TestDb::create(&pg).await;
     let cluster = Cluster::new(&redis, &db.url);
     let (mut n1, n2) = (cluster.node("a").await, cluster.node("b").await);
-    let mut alice = n1.native("alice").await;
-    alice.join("r", None).await;
-    let mut watcher = n2.native("watcher").await;
-    watcher.join("r", None).await;
-    let mut bob = n2.native("bob").await;
-    bob.join("r", None).await;
+    let mut alice = n1.member("alice", "r").await;
+    let mut watcher = n2.member("watcher", "r").await;
+    let mut bob = n2.member("bob", "r").await;
     alice.say("r", "m1", "a1").await;
     wait_for(&mut watcher, "message", |_| true).await;
     // Alice's last seen id, from her own copy.

@@ -266,6 +266,13 @@ impl Node {
         self.native_with(name, None).await
     }
 
+    /// A native client `name` that joined `room` (its `joined` reply read).
+    pub async fn member(&self, name: &str, room: &str) -> Client {
+        let mut c = self.native(name).await;
+        c.join(room, None).await;
+        c
+    }
+
     pub async fn native_with(&self, name: &str, dm_since: Option<i64>) -> Client {
         let mut c = self.connect("/socket").await;
         let mut hello = json!({"type": "hello", "id": "h", "name": name});

@@ -49,8 +49,7 @@ async fn a_room_message_reaches_members_on_another_node() {
         return;
     };
     let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
-    let mut alice = n1.native("alice").await;
-    alice.join("lobby", None).await;
+    let mut alice = n1.member("alice", "lobby").await;
     let mut bob = n2.native("bob").await;
     let joined = bob.join("lobby", None).await;
     assert_eq!(joined["members"], json!(["alice", "bob"]));
@@ -99,11 +98,9 @@ async fn presence_counts_every_node_and_fires_once_per_user() {
         return;
     };
     let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
-    let mut watcher = n1.native("watcher").await;
-    watcher.join("room", None).await;
+    let mut watcher = n1.member("watcher", "room").await;
 
-    let mut carol1 = n1.native("carol").await;
-    carol1.join("room", None).await;
+    let carol1 = n1.member("carol", "room").await;
     let ev = wait_for(&mut watcher, "presence", |v| v["user"] == "carol").await;
     assert_eq!(
         (ev["user"].as_str(), ev["event"].as_str()),
@@ -229,10 +226,8 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
         return;
     };
     let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
-    let mut alice = n1.native("alice").await;
-    alice.join("r", None).await;
-    let mut bob = n2.native("bob").await;
-    bob.join("r", None).await;
+    let mut alice = n1.member("alice", "r").await;
+    let mut bob = n2.member("bob", "r").await;
     for i in 0..3 {
         alice
             .say("r", &format!("before{i}"), &format!("b{i}"))
@@ -296,8 +291,7 @@ async fn tutorial_clients_on_two_nodes_share_a_room() {
     let mut a = n1.connect("/ws/chat/lobby/").await;
     let mut b = n2.connect("/ws/chat/lobby/").await;
     let mut chat = n2.connect("/chat/").await;
-    let mut native = n1.native("nat").await;
-    native.join("lobby", None).await;
+    let mut native = n1.member("nat", "lobby").await;
 
     a.send_json(json!({"message": "hi from a"})).await;
 
@@ -345,14 +339,10 @@ async fn the_api_counts_a_users_connections_on_every_node() {
         return;
     };
     let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
-    let mut carol1 = n1.native("carol").await;
-    carol1.join("room", None).await;
-    let mut carol2 = n1.native("carol").await;
-    carol2.join("room", None).await;
-    let mut carol3 = n2.native("carol").await;
-    carol3.join("room", None).await;
-    let mut bob = n2.native("bob").await;
-    bob.join("room", None).await;
+    let carol1 = n1.member("carol", "room").await;
+    let carol2 = n1.member("carol", "room").await;
+    let mut carol3 = n2.member("carol", "room").await;
+    let bob = n2.member("bob", "room").await;
 
     let all = json!([
         {"user": "bob", "connections": 1},
@@ -396,10 +386,8 @@ async fn an_api_kick_closes_the_users_connections_on_every_node() {
     let (n1, n2) = (cluster.node("a").await, cluster.node("b").await);
     let mut here = n1.native("mallory").await;
     let mut there1 = n2.native("mallory").await;
-    let mut there2 = n2.native("mallory").await;
-    there2.join("room", None).await;
-    let mut bob = n2.native("bob").await;
-    bob.join("room", None).await;
+    let mut there2 = n2.member("mallory", "room").await;
+    let mut bob = n2.member("bob", "room").await;
 
     let answer = http_client::post(
         n1.addr(),
