@@ -66,21 +66,21 @@ async fn run(
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let drafts: Vec<Draft> = jobs.iter().map(|j| j.draft.clone()).collect();
+        // Move the drafts out rather than copy every body once more.
+        let (drafts, replies): (Vec<Draft>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.draft, j.reply)).unzip();
         match store.append(&drafts).await {
             Ok(stored) => {
-                for (job, stored) in jobs.drain(..).zip(stored) {
+                for (reply, stored) in replies.into_iter().zip(stored) {
                     on_stored(&stored);
                     publish(&*broker, &stored).await;
-                    let _ = job.reply.send(Ok(stored));
+                    let _ = reply.send(Ok(stored));
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, batch = jobs.len(), "store append failed");
-                for job in jobs.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Unavailable(err.to_string())));
+                tracing::warn!(error = %err, batch = drafts.len(), "store append failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(err.to_string())));
                 }
             }
         }
