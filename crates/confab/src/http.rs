@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -16,6 +15,8 @@ use crate::protocol::seed::Dialect;
 use crate::protocol::{RoomName, UserName};
 use crate::session::{self, Kind};
 use crate::web;
+use crate::ws::{NotUpgrade, Upgrade};
+use tungstenite::protocol::WebSocketConfig;
 
 /// Every route.
 pub fn router(node: Arc<Node>) -> Router {
@@ -36,8 +37,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .nest("/api", crate::api::router(node.clone()))
         .with_state(node)
 }
-
-type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 /// Whether a WebSocket may be opened from `headers`' Origin: none (not a
 /// browser), the server's own host, or one of `allowed` (`*`: any).
@@ -63,7 +62,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// Checks the origin and takes a connection place, then hands the socket
 /// to a session task tracked for shutdown.
-fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: WebSocketUpgrade, kind: Kind) -> Response {
+fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: Upgrade, kind: Kind) -> Response {
     if !origin_allowed(headers, &node.settings.allowed_origins) {
         node.metrics.upgrade_refused(Refused::Origin);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
@@ -85,23 +84,22 @@ fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: WebSocketUpgrade, kind: Kin
     // Frames queued with `feed` gather in the write buffer until it holds
     // 32 KiB or the batch is flushed: several frames, one syscall. A
     // connection that never writes never allocates it.
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(512)
         .write_buffer_size(32 * 1024)
-        .max_write_buffer_size(2 * max + 4 * 1024 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(session::run(node, socket, kind, permit)))
+        .max_write_buffer_size(2 * max + 4 * 1024 * 1024);
+    ws.on_upgrade(config, move |socket| {
+        tracker.track_future(session::run(node, socket, kind, permit))
+    })
 }
 
 fn not_found(what: &str, err: impl std::fmt::Display) -> Response {
     (StatusCode::NOT_FOUND, format!("invalid {what}: {err}\n")).into_response()
 }
 
-async fn native(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+async fn native(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
     upgrade(node, &headers, ws, Kind::Native)
 }
 
@@ -115,22 +113,22 @@ fn global_kind(close_command: bool) -> Kind {
 }
 
 /// `/chat/`: the page for a plain GET, the global room for an upgrade.
-async fn chat(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
+async fn chat(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ws: Result<Upgrade, NotUpgrade>,
+) -> Response {
     match ws {
         Ok(ws) => upgrade(node, &headers, ws, global_kind(true)),
         Err(_) => web::page().await,
     }
 }
 
-async fn global(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+async fn global(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
     upgrade(node, &headers, ws, global_kind(false))
 }
 
-async fn echo(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn echo(State(node): State<Arc<Node>>, headers: HeaderMap, ws: Upgrade) -> Response {
     upgrade(node, &headers, ws, Kind::Echo)
 }
 
@@ -138,7 +136,7 @@ async fn room(
     State(node): State<Arc<Node>>,
     Path(room): Path<String>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     match RoomName::parse(&room) {
         Ok(room) => {
@@ -158,7 +156,7 @@ async fn user(
     State(node): State<Arc<Node>>,
     Path(user): Path<String>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     match UserName::parse(&user) {
         Ok(user) => {

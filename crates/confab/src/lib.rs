@@ -37,6 +37,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod web;
+pub mod ws;
 
 pub use config::Settings;
 pub use server::{run, serve};

@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use confab::config::{LogFormat, Overrides, Settings};
 
+/// jemalloc, configured in `.cargo/config.toml` to hand memory freed after
+/// a burst back to the OS; glibc kept ~5 KiB per connection of it.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Confab: a real-time chat server.
 #[derive(Debug, Parser)]
 #[command(name = "confab", version, about)]

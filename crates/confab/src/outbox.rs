@@ -8,13 +8,13 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::codes::Close;
 use crate::protocol::seed::Dialect;
 use crate::protocol::Event;
+use crate::ws::Utf8Bytes;
 
 /// How a connection wants events written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

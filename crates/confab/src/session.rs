@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::{FutureExt, SinkExt};
@@ -27,6 +26,7 @@ use crate::protocol::native::{Command, Limits, Page, Reply};
 use crate::protocol::seed::{Dialect, Said};
 use crate::protocol::{Event, RoomName, Topic, UserName, PROTOCOL_VERSION};
 use crate::store::{Draft, PageQuery, Stored};
+use crate::ws::{CloseFrame, Message, Socket as WebSocket, Utf8Bytes};
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone)]
@@ -70,12 +70,14 @@ enum Flow {
     Goodbye,
 }
 
+// Parameters are used in place, never rebound (`let mut socket = socket`):
+// a rebinding gives the value a second slot in this future, which every
+// idle connection carries.
 /// Runs one connection to its end.
-pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPermit) {
-    let _permit = permit;
+pub async fn run(node: Arc<Node>, mut socket: WebSocket, kind: Kind, _permit: ConnPermit) {
     let _counted = node.metrics.connection(&kind);
     if let Kind::Echo = kind {
-        return echo(node, socket).await;
+        return Box::pin(echo(node, socket)).await;
     }
     let (outbox, mut rx, kill) = Outbox::new(node.settings.outbound_queue);
     let outbox = match kind {
@@ -94,7 +96,6 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPer
         dm_high: 0,
         seed: None,
     };
-    let mut socket = socket;
     let close = match Box::pin(session.start(&mut socket, kind)).await {
         Ok(()) => session.run(&mut socket, &mut rx, &kill).await,
         Err(close) => Some(close),
@@ -104,7 +105,7 @@ pub async fn run(node: Arc<Node>, socket: WebSocket, kind: Kind, permit: ConnPer
     metrics.dropped(crate::metrics::Dropped::QueuedAtClose, rx.len());
     Box::pin(session.cleanup()).await;
     if let Some(close) = close {
-        close_socket(&mut socket, close).await;
+        Box::pin(close_socket(&mut socket, close)).await;
     }
 }
 
@@ -182,7 +183,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    finish_pending(socket, &mut pending).await;
+                    Box::pin(finish_pending(socket, &mut pending)).await;
                     return Some(Close::SHUTDOWN);
                 }
                 close = kill.fired() => return Some(close),
@@ -198,7 +199,7 @@ impl Session {
                         }
                     }
                 }
-                msg = socket.recv(), if pending.len() < MAX_PENDING => {
+                msg = socket.next(), if pending.len() < MAX_PENDING => {
                     missed = 0;
                     let flow = match msg {
                         None => return None,
@@ -207,28 +208,21 @@ impl Session {
                         // for a moment; inline, every idle connection's
                         // task would carry its size.
                         Some(Ok(Message::Text(text))) => Box::pin(self.on_text(socket, &text, &mut pending)).await,
-                        Some(Ok(Message::Binary(_))) => self.on_binary(socket).await,
+                        Some(Ok(Message::Binary(_))) => Box::pin(self.on_binary(socket)).await,
                         Some(Ok(Message::Close(_))) => {
-                            answer_close(socket).await;
+                            Box::pin(answer_close(socket)).await;
                             return None;
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Flow::Continue,
                     };
                     match flow {
                         Flow::Continue => {}
                         Flow::Close(close) => {
-                            finish_pending(socket, &mut pending).await;
+                            Box::pin(finish_pending(socket, &mut pending)).await;
                             return Some(close);
                         }
                         Flow::Goodbye => {
-                            // The broadcast of `close` is queued for this
-                            // connection too: write it before the goodbye.
-                            while let Ok(delivery) = rx.try_recv() {
-                                if let Some(frame) = self.frame_for(&delivery) {
-                                    let _ = socket.feed(Message::Text(frame)).await;
-                                }
-                            }
-                            let _ = write(socket, Message::Text(GOODBYE.into())).await;
+                            Box::pin(self.goodbye(socket, rx)).await;
                             return Some(Close::NORMAL);
                         }
                     }
@@ -246,6 +240,17 @@ impl Session {
         }
     }
 
+    /// `close` on `/chat/`: the broadcast of `close` is queued for this
+    /// connection too, so write it before the goodbye.
+    async fn goodbye(&mut self, socket: &mut WebSocket, rx: &mut mpsc::Receiver<Arc<Delivery>>) {
+        while let Ok(delivery) = rx.try_recv() {
+            if let Some(frame) = self.frame_for(&delivery) {
+                let _ = socket.feed(Message::Text(frame)).await;
+            }
+        }
+        let _ = write(socket, Message::Text(GOODBYE.into())).await;
+    }
+
     /// Writes `first` and whatever else is queued (up to a batch), then
     /// flushes once.
     async fn write_deliveries(
@@ -253,7 +258,7 @@ impl Session {
         socket: &mut WebSocket,
         first: Arc<Delivery>,
         rx: &mut mpsc::Receiver<Arc<Delivery>>,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), crate::ws::Error> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(delivery) = next.take() {
@@ -348,7 +353,7 @@ impl Session {
         socket: &mut WebSocket,
         reply_to: Option<String>,
         refusal: Refusal,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), crate::ws::Error> {
         self.node.metrics.refused(refusal.code);
         let msg = match &self.seed {
             Some(seed) => seed_error(seed.dialect, &refusal),
@@ -820,14 +825,13 @@ fn seed_error(dialect: Dialect, refusal: &Refusal) -> Message {
     Message::Text(text.into())
 }
 
-async fn write(socket: &mut WebSocket, msg: Message) -> Result<(), axum::Error> {
+async fn write(socket: &mut WebSocket, msg: Message) -> Result<(), crate::ws::Error> {
     socket.send(msg).await
 }
 
 /// The close code for a read error, if the peer can still be told.
-fn close_for(err: axum::Error) -> Option<Close> {
-    let err = err.into_inner().downcast::<tungstenite::Error>().ok()?;
-    match *err {
+fn close_for(err: crate::ws::Error) -> Option<Close> {
+    match err {
         tungstenite::Error::Capacity(_) => Some(Close::TOO_BIG),
         tungstenite::Error::Utf8(_) => Some(Close::BAD_UTF8),
         _ => None,
@@ -838,14 +842,14 @@ fn close_for(err: axum::Error) -> Option<Close> {
 /// frame is not lost to a reset.
 async fn close_socket(socket: &mut WebSocket, close: Close) {
     let frame = CloseFrame {
-        code: close.code,
+        code: close.code.into(),
         reason: close.reason.into(),
     };
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = socket.recv().await {}
+        while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
 }
@@ -854,7 +858,7 @@ async fn close_socket(socket: &mut WebSocket, close: Close) {
 /// close frame; reading on sends it and sees the stream end.
 async fn answer_close(socket: &mut WebSocket) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = socket.recv().await {}
+        while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
 }
@@ -867,7 +871,7 @@ async fn echo(node: Arc<Node>, mut socket: WebSocket) {
     let close = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Some(Close::SHUTDOWN),
-            msg = socket.recv() => match msg {
+            msg = socket.next() => match msg {
                 Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
                     if socket.send(msg).await.is_err() {
                         break None;

@@ -232,3 +232,35 @@ async fn connections_past_the_limit_get_503() {
     }
     assert!(freed, "a closed connection frees its place");
 }
+
+/// A WebSocket path answers requests that are not valid upgrades with a
+/// status that says why, and a valid upgrade on the same server still works.
+#[tokio::test]
+async fn bad_upgrade_requests_get_a_clear_status() {
+    use crate::http_client::request;
+    let server = TestServer::start(settings()).await;
+    let upgrade = [("connection", "Upgrade"), ("upgrade", "websocket")];
+    let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+
+    let plain = request(server.addr, "GET", "/socket", &[], None).await;
+    assert_eq!(plain.status, 426, "{}", plain.text());
+    let no_key = [upgrade[0], upgrade[1], ("sec-websocket-version", "13")];
+    let answer = request(server.addr, "GET", "/ws/", &no_key, None).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("Sec-WebSocket-Key"));
+    let old = [upgrade[0], upgrade[1], key, ("sec-websocket-version", "8")];
+    let answer = request(server.addr, "GET", "/ws/", &old, None).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("13"));
+    // `/chat/` serves its page to a plain GET.
+    assert_eq!(
+        request(server.addr, "GET", "/chat/", &[], None)
+            .await
+            .status,
+        200
+    );
+
+    assert!(Client::try_connect(&server.url("/socket"), &[])
+        .await
+        .is_ok());
+}
