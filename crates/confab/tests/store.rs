@@ -257,6 +257,39 @@ async fn sqlite_keeps_the_store_contract() {
     concurrent_appends(store::open(&url).await.unwrap()).await;
 }
 
+/// Ids go on from where they stopped when the file is opened again, for
+/// rooms and direct messages, and a batch mixing both is stored whole.
+#[tokio::test]
+async fn sqlite_ids_continue_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/r.db", dir.path().display());
+    let first = store::open(&url).await.unwrap();
+    let batch = [say("a", "u", "1"), dm("u", "v", "d1"), say("a", "u", "2")];
+    assert_eq!(ids(&first.append(&batch).await.unwrap()), vec![1, 1, 2]);
+    first.close().await;
+
+    let again = store::open(&url).await.unwrap();
+    let batch = [say("a", "u", "3"), say("b", "u", "x"), dm("v", "u", "d2")];
+    assert_eq!(ids(&again.append(&batch).await.unwrap()), vec![3, 1, 2]);
+    let heads = again.room_heads().await.unwrap();
+    let heads: Vec<(String, i64)> = heads
+        .into_iter()
+        .map(|(r, id, _)| (r.to_string(), id))
+        .collect();
+    assert_eq!(heads, vec![("a".into(), 3), ("b".into(), 1)]);
+    let page = again
+        .room_page(
+            &room("a"),
+            PageQuery {
+                limit: 10,
+                ..PageQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 3);
+}
+
 #[tokio::test]
 async fn postgres_keeps_the_store_contract() {
     let Ok(admin) = std::env::var("CONFAB_TEST_POSTGRES_URL") else {

@@ -7,16 +7,55 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use super::idempotency::{KeyClaim, KeyRecord};
 use super::{Draft, PageQuery, Paged, Result, Store, Stored};
 use crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
 
 /// History in SQLite.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The last id handed out per room and for direct messages, read from
+    /// the database on the first append and kept here after.
+    heads: tokio::sync::Mutex<Option<Heads>>,
+}
+
+#[derive(Debug, Default)]
+struct Heads {
+    rooms: std::collections::HashMap<String, i64>,
+    dm: i64,
+}
+
+impl Heads {
+    async fn load(pool: &SqlitePool) -> Result<Self> {
+        let rooms = sqlx::query_as::<_, (String, i64)>("SELECT name, last_id FROM rooms")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+        let dm = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM direct_messages")
+            .fetch_one(pool)
+            .await?;
+        Ok(Self { rooms, dm })
+    }
+}
+
+/// One batch's rows of each kind, as a JSON array of
+/// `[key, id, sender, body, client_id]`; `$2` is the batch's timestamp.
+const ROOM_ROWS: &str = "INSERT INTO messages (room, id, sender, body, client_id, ts) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, $2 FROM json_each($1)";
+const DIRECT_ROWS: &str =
+    "INSERT INTO direct_messages (recipient, id, sender, body, client_id, ts) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, $2 FROM json_each($1)";
+
+fn insert<'q>(
+    sql: &'q str,
+    rows: &'q str,
+    ts: i64,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    sqlx::query(sql).bind(rows).bind(ts)
 }
 
 impl SqliteStore {
@@ -51,7 +90,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            heads: Default::default(),
+        })
     }
 }
 
@@ -60,44 +102,30 @@ super::shared_queries!(sqlx::SqlitePool, sqlx::sqlite::SqliteRow);
 
 #[async_trait]
 impl Store for SqliteStore {
-    /// A whole batch in a constant number of statements, whatever its
-    /// size: one upsert draws every room's ids, one insert writes every
-    /// message (rows passed as one JSON array through `json_each`). Each
-    /// statement is a round trip to SQLite's worker thread, so this keeps
-    /// a batch's cost from growing with its length.
+    /// A whole batch in one statement, whatever its size: ids come from
+    /// the heads this store keeps in memory (it is the only writer: one
+    /// node, one sequencer), rows go in as one JSON array through
+    /// `json_each`, and a trigger keeps `rooms.last_id` for the next start.
+    /// A statement is atomic on its own, so the usual batch costs one round
+    /// trip to SQLite's worker thread instead of four (BEGIN, draw ids,
+    /// insert, COMMIT); only a batch with both room and direct messages
+    /// needs a transaction. Heads move only once the write succeeded.
     async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>> {
         let ts = now_ms();
         let (rooms, dms) = super::draw(batch);
-        let mut tx = self.pool.begin().await?;
-        let mut first_room = std::collections::BTreeMap::new();
-        if !rooms.is_empty() {
-            let counts = serde_json::to_string(&rooms).expect("names and counts serialize");
-            let rows = sqlx::query(
-                "INSERT INTO rooms (name, last_id) SELECT key, value FROM json_each($1) WHERE true \
-                 ON CONFLICT (name) DO UPDATE SET last_id = rooms.last_id + excluded.last_id \
-                 RETURNING name, last_id",
-            )
-            .bind(counts)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in rows {
-                let name: String = row.try_get("name")?;
-                let last: i64 = row.try_get("last_id")?;
-                let n = rooms.get(name.as_str()).copied().unwrap_or(0);
-                first_room.insert(name, last - n + 1);
-            }
+        let mut heads = self.heads.lock().await;
+        if heads.is_none() {
+            *heads = Some(Heads::load(&self.pool).await?);
         }
-        // Only this store's sequencer inserts direct messages, inside this
-        // transaction, so the next ids follow the current maximum.
-        let first_dm = if dms > 0 {
-            let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM direct_messages")
-                .fetch_one(&mut *tx)
-                .await?;
-            max + 1
-        } else {
-            0
-        };
-        let stored = super::assign(batch, first_room, first_dm, ts)?;
+        let current = heads.as_mut().expect("loaded above");
+        let first_room = rooms
+            .keys()
+            .map(|room| {
+                let last = current.rooms.get(*room).copied().unwrap_or(0);
+                (room.to_string(), last + 1)
+            })
+            .collect();
+        let stored = super::assign(batch, first_room, current.dm + 1, ts)?;
         let (mut messages, mut directs) = (Vec::new(), Vec::new());
         for s in &stored {
             match s {
@@ -105,30 +133,28 @@ impl Store for SqliteStore {
                 Stored::Direct(d) => directs.push((&d.to, d.id, &d.from, &d.body, &d.client_id)),
             }
         }
-        let insert = |table: &str, key: &str| {
-            format!(
-                "INSERT INTO {table} ({key}, id, sender, body, client_id, ts) \
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, $2 \
-                 FROM json_each($1)"
-            )
-        };
-        for (rows, sql) in [
-            (serde_json::to_string(&messages), insert("messages", "room")),
-            (
-                serde_json::to_string(&directs),
-                insert("direct_messages", "recipient"),
-            ),
-        ] {
-            let rows = rows.expect("rows serialize");
-            if rows != "[]" {
-                sqlx::query(&sql)
-                    .bind(rows)
-                    .bind(ts)
+        let messages = (!messages.is_empty())
+            .then(|| serde_json::to_string(&messages).expect("rows serialize"));
+        let directs =
+            (!directs.is_empty()).then(|| serde_json::to_string(&directs).expect("rows serialize"));
+        match (&messages, &directs) {
+            (Some(rows), None) => insert(ROOM_ROWS, rows, ts).execute(&self.pool).await?,
+            (None, Some(rows)) => insert(DIRECT_ROWS, rows, ts).execute(&self.pool).await?,
+            (Some(room_rows), Some(direct_rows)) => {
+                let mut tx = self.pool.begin().await?;
+                insert(ROOM_ROWS, room_rows, ts).execute(&mut *tx).await?;
+                insert(DIRECT_ROWS, direct_rows, ts)
                     .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
+                Default::default()
             }
+            (None, None) => return Ok(stored),
+        };
+        for (room, n) in rooms {
+            *current.rooms.entry(room.to_string()).or_default() += n;
         }
-        tx.commit().await?;
+        current.dm += dms;
         Ok(stored)
     }
 
