@@ -863,8 +863,8 @@ mod tests {
         let hub = Hub::default();
         let room = RoomName::parse("r").unwrap();
         let topic = Topic::Room(room.clone());
-        let (slow, _slow_rx, kill) = Outbox::new(1);
-        let (gone, gone_rx, _) = Outbox::new(8);
+        let (slow, _slow_rx) = Outbox::new(1);
+        let (gone, gone_rx) = Outbox::new(8);
         hub.add(&topic, 1, slow, || ());
         hub.add(&topic, 2, gone, || ());
         drop(gone_rx);
@@ -885,7 +885,6 @@ mod tests {
             metrics.dropped[Dropped::ConnectionGone as usize].load(Relaxed),
             3
         );
-        drop(kill);
     }
 
     #[test]

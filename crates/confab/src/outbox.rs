@@ -1,15 +1,18 @@
 //! What flows to one connection: a shared, lazily encoded [`Delivery`],
-//! and the bounded [`Outbox`] it is queued in.
+//! the bounded [`Outbox`] it is queued in, and the connection's [`Inbox`],
+//! which also carries the order to close (slow consumer, kick).
 //!
 //! Slow-consumer policy: an outbox holds at most `outbound_queue` events.
 //! Fan-out never waits on it: when it is full, that connection alone is
 //! closed with 1013 ([`Close::SLOW`]) and the room keeps its pace. The
 //! client reconnects and resumes with `since`, losing nothing.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 
 use crate::protocol::codes::Close;
 use crate::protocol::seed::Dialect;
@@ -80,32 +83,27 @@ impl Delivery {
     }
 }
 
-/// Closes one connection from outside it (slow consumer, kick), once.
-#[derive(Debug, Default)]
-pub struct Kill {
-    token: CancellationToken,
-    reason: OnceLock<Close>,
+/// One connection's queue and the reason it must close, if it must. One
+/// allocation per connection; the queue grows only when events wait.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    waker: AtomicWaker,
 }
 
-impl Kill {
-    /// Asks the connection to close with `close`; the first reason wins.
-    pub fn fire(&self, close: Close) {
-        let _ = self.reason.set(close);
-        self.token.cancel();
-    }
-
-    /// Resolves once fired.
-    pub async fn fired(&self) -> Close {
-        self.token.cancelled().await;
-        self.reason.get().copied().unwrap_or(Close::INTERNAL)
-    }
+#[derive(Debug)]
+struct State {
+    queue: VecDeque<Arc<Delivery>>,
+    capacity: usize,
+    /// Set once (slow consumer, kick): the first reason wins.
+    close: Option<Close>,
+    receiver_gone: bool,
 }
 
 /// The sending side of one connection's queue. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Arc<Delivery>>,
-    kill: Arc<Kill>,
+    shared: Arc<Shared>,
     /// Takes only messages and direct messages: a tutorial connection has
     /// no way to show presence or typing, and queueing them anyway would
     /// cost every member a wake-up per join in a large room.
@@ -127,17 +125,22 @@ pub enum Pushed {
 
 impl Outbox {
     /// A queue of `capacity` events and its receiving end.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Arc<Delivery>>, Arc<Kill>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let kill = Arc::new(Kill::default());
+    pub fn new(capacity: usize) -> (Self, Inbox) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                capacity: capacity.max(1),
+                close: None,
+                receiver_gone: false,
+            }),
+            waker: AtomicWaker::new(),
+        });
         (
             Self {
-                tx,
-                kill: kill.clone(),
+                shared: shared.clone(),
                 chat_only: false,
             },
-            rx,
-            kill,
+            Inbox { shared },
         )
     }
 
@@ -153,21 +156,101 @@ impl Outbox {
         if self.chat_only && !matches!(delivery.event, Event::Message(_) | Event::Dm(_)) {
             return Pushed::Skipped;
         }
-        match self.tx.try_send(delivery) {
-            Ok(()) => Pushed::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kill.fire(Close::SLOW);
-                Pushed::Overflow
+        let pushed = {
+            let mut state = self.shared.state.lock();
+            if state.receiver_gone {
+                return Pushed::Gone;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
-        }
+            if state.queue.len() >= state.capacity {
+                state.close.get_or_insert(Close::SLOW);
+                Pushed::Overflow
+            } else {
+                state.queue.push_back(delivery);
+                Pushed::Queued
+            }
+        };
+        self.shared.waker.wake();
+        pushed
     }
 
-    /// Closes the connection with `close`.
+    /// Closes the connection with `close` (the first reason given wins).
     pub fn kill(&self, close: Close) {
-        self.kill.fire(close);
+        self.shared.state.lock().close.get_or_insert(close);
+        self.shared.waker.wake();
     }
 }
+
+/// What the connection is told next.
+#[derive(Debug)]
+pub enum Next {
+    /// An event to write.
+    Delivery(Arc<Delivery>),
+    /// Close, for this reason.
+    Close(Close),
+}
+
+/// The receiving end, owned by the connection's task.
+#[derive(Debug)]
+pub struct Inbox {
+    shared: Arc<Shared>,
+}
+
+impl Inbox {
+    /// The next event, or the close that comes before any of them.
+    pub async fn next(&mut self) -> Next {
+        std::future::poll_fn(|cx| {
+            if let Some(next) = self.poll_once() {
+                return Poll::Ready(next);
+            }
+            self.shared.waker.register(cx.waker());
+            // A push between the check and the registration woke nobody.
+            match self.poll_once() {
+                Some(next) => Poll::Ready(next),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn poll_once(&mut self) -> Option<Next> {
+        let mut state = self.shared.state.lock();
+        if let Some(close) = state.close {
+            return Some(Next::Close(close));
+        }
+        let next = state.queue.pop_front().map(Next::Delivery);
+        if next.is_none() && state.queue.capacity() > SHRINK_ABOVE {
+            // A burst is over: give the memory back.
+            state.queue.shrink_to(SHRINK_ABOVE);
+        }
+        next
+    }
+
+    /// An event already queued, if any (closes are left for [`Self::next`]).
+    pub fn try_next(&mut self) -> Option<Arc<Delivery>> {
+        self.shared.state.lock().queue.pop_front()
+    }
+
+    /// How many events wait.
+    pub fn len(&self) -> usize {
+        self.shared.state.lock().queue.len()
+    }
+
+    /// Whether no event waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock();
+        state.receiver_gone = true;
+        state.queue = VecDeque::new();
+    }
+}
+
+/// Queue capacity kept once a burst has drained.
+const SHRINK_ABOVE: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -176,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_chat_only_outbox_takes_messages_and_skips_presence() {
-        let (outbox, mut rx, _) = Outbox::new(4);
+        let (outbox, mut rx) = Outbox::new(4);
         let outbox = outbox.chat_only();
         let room = RoomName::parse("lobby").unwrap();
         let user = UserName::parse("ann").unwrap();
@@ -196,7 +279,7 @@ mod tests {
 
         assert_eq!(outbox.push(presence), Pushed::Skipped);
         assert_eq!(outbox.push(message), Pushed::Queued);
-        assert!(matches!(rx.try_recv().unwrap().event, Event::Message(_)));
-        assert!(rx.try_recv().is_err());
+        assert!(matches!(rx.try_next().unwrap().event, Event::Message(_)));
+        assert!(rx.try_next().is_none());
     }
 }

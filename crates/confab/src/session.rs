@@ -14,13 +14,12 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::{FutureExt, SinkExt};
-use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 use crate::hub::ConnId;
 use crate::limits::{RateLimiter, Verdict};
 use crate::node::{ConnPermit, Node, Refusal};
-use crate::outbox::{Delivery, Encoding, Outbox};
+use crate::outbox::{Delivery, Encoding, Inbox, Next, Outbox};
 use crate::protocol::codes::{Close, ErrorCode};
 use crate::protocol::native::{Command, Limits, Page, Reply};
 use crate::protocol::seed::{Dialect, Said};
@@ -79,7 +78,7 @@ pub async fn run(node: Arc<Node>, mut socket: WebSocket, kind: Kind, _permit: Co
     if let Kind::Echo = kind {
         return Box::pin(echo(node, socket)).await;
     }
-    let (outbox, mut rx, kill) = Outbox::new(node.settings.outbound_queue);
+    let (outbox, mut rx) = Outbox::new(node.settings.outbound_queue);
     let outbox = match kind {
         Kind::Seed { .. } => outbox.chat_only(),
         _ => outbox,
@@ -97,7 +96,7 @@ pub async fn run(node: Arc<Node>, mut socket: WebSocket, kind: Kind, _permit: Co
         seed: None,
     };
     let close = match Box::pin(session.start(&mut socket, kind)).await {
-        Ok(()) => session.run(&mut socket, &mut rx, &kill).await,
+        Ok(()) => session.run(&mut socket, &mut rx).await,
         Err(close) => Some(close),
     };
     let metrics = &session.node.metrics;
@@ -168,13 +167,12 @@ impl Session {
         Ok(())
     }
 
-    async fn run(
-        &mut self,
-        socket: &mut WebSocket,
-        rx: &mut mpsc::Receiver<Arc<Delivery>>,
-        kill: &crate::outbox::Kill,
-    ) -> Option<Close> {
+    async fn run(&mut self, socket: &mut WebSocket, rx: &mut Inbox) -> Option<Close> {
+        // Made once, not per turn of the loop: each turn would register
+        // with the shared token again and unregister after.
         let shutdown = self.node.shutdown.clone();
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
         let period = self.node.settings.ping_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         let mut missed = 0u32;
@@ -182,16 +180,18 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     Box::pin(finish_pending(socket, &mut pending)).await;
                     return Some(Close::SHUTDOWN);
                 }
-                close = kill.fired() => return Some(close),
-                Some(first) = rx.recv() => {
-                    if self.write_deliveries(socket, first, rx).await.is_err() {
-                        return None;
+                next = rx.next() => match next {
+                    Next::Close(close) => return Some(close),
+                    Next::Delivery(first) => {
+                        if self.write_deliveries(socket, first, rx).await.is_err() {
+                            return None;
+                        }
                     }
-                }
+                },
                 Some(reply) = pending.next(), if !pending.is_empty() => {
                     if let Some(text) = reply {
                         if write(socket, Message::Text(text.into())).await.is_err() {
@@ -242,8 +242,8 @@ impl Session {
 
     /// `close` on `/chat/`: the broadcast of `close` is queued for this
     /// connection too, so write it before the goodbye.
-    async fn goodbye(&mut self, socket: &mut WebSocket, rx: &mut mpsc::Receiver<Arc<Delivery>>) {
-        while let Ok(delivery) = rx.try_recv() {
+    async fn goodbye(&mut self, socket: &mut WebSocket, rx: &mut Inbox) {
+        while let Some(delivery) = rx.try_next() {
             if let Some(frame) = self.frame_for(&delivery) {
                 let _ = socket.feed(Message::Text(frame)).await;
             }
@@ -257,7 +257,7 @@ impl Session {
         &mut self,
         socket: &mut WebSocket,
         first: Arc<Delivery>,
-        rx: &mut mpsc::Receiver<Arc<Delivery>>,
+        rx: &mut Inbox,
     ) -> Result<(), crate::ws::Error> {
         let mut next = Some(first);
         let mut written = 0;
@@ -267,7 +267,7 @@ impl Session {
                 written += 1;
             }
             if written < WRITE_BATCH {
-                next = rx.try_recv().ok();
+                next = rx.try_next();
             }
         }
         socket.flush().await
