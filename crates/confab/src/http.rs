@@ -87,7 +87,7 @@ fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: Upgrade, kind: Kind) -> Res
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(2 * max + 4 * 1024 * 1024);
     ws.on_upgrade(config, move |socket| {

@@ -60,7 +60,34 @@ const MAX_PAGE: u32 = 500;
 /// What the goodbye to a `/chat/` client that sent `close` says.
 pub const GOODBYE: &str = "goodbye: closing this connection as you asked";
 
-type Pending = FuturesOrdered<BoxFuture<'static, Option<String>>>;
+/// Sends awaiting their acknowledgement, answered in the order sent. Made
+/// on the first send, so a connection that only listens carries none of it.
+#[derive(Default)]
+struct Pending(Option<FuturesOrdered<BoxFuture<'static, Option<String>>>>);
+
+impl Pending {
+    fn push_back(&mut self, ack: BoxFuture<'static, Option<String>>) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(ack);
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next answer in order; `None` when none is pending.
+    async fn next(&mut self) -> Option<Option<String>> {
+        match &mut self.0 {
+            Some(acks) => acks.next().await,
+            None => None,
+        }
+    }
+}
 
 enum Flow {
     Continue,
@@ -176,7 +203,7 @@ impl Session {
         let period = self.node.settings.ping_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         let mut missed = 0u32;
-        let mut pending = Pending::new();
+        let mut pending = Pending::default();
         loop {
             tokio::select! {
                 biased;
