@@ -265,6 +265,31 @@ def main():
     L.append(f"![p99 latency against offered load]({svg_name})")
     L.append("")
 
+    # ---- fixed loads
+    fixed_rows = []
+    for server in servers:
+        for sc, load in (("S1@1k", "1,000"), ("S1@100k", "100,000")):
+            for s in steps.get((server, sc), []):
+                lat = s.get("latency_ms") or {}
+                srv = s.get("server") or {}
+                fixed_rows.append(
+                    f"| {SERVER_NAMES.get(server, server)} | {load} "
+                    f"| {fmt_int(s.get('delivered_per_s'))} | {s.get('loss_pct', float('nan')):.3f} "
+                    f"| {fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p99'))} | {fmt_ms(lat.get('max'))} "
+                    f"| {srv.get('cpu_us_per_delivery', 0):.2f} |")
+    if fixed_rows:
+        L.append("## Latency at fixed loads (S1)")
+        L.append("")
+        L.append("S1 (1 room x 100 members, 10 publishers) held at 1,000 and at 100,000 "
+                 "deliveries/s, each on its own after a second of warm-up traffic (Django "
+                 "only at 1,000: it holds a few hundred).")
+        L.append("")
+        L.append("| server | offered deliv/s | delivered/s | loss % | p50 ms | p99 ms | max ms "
+                 "| server CPU us/deliv |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        L.extend(fixed_rows)
+        L.append("")
+
     # ---- per-step detail
     L.append("<details><summary>Every sweep step</summary>")
     L.append("")
