@@ -268,12 +268,12 @@ def main():
     # ---- fixed loads
     fixed_rows = []
     for server in servers:
-        for sc, load in (("S1@1k", "1,000"), ("S1@100k", "100,000")):
+        for sc, rate_label in (("S1@1k", "1,000"), ("S1@100k", "100,000")):
             for s in steps.get((server, sc), []):
                 lat = s.get("latency_ms") or {}
                 srv = s.get("server") or {}
                 fixed_rows.append(
-                    f"| {SERVER_NAMES.get(server, server)} | {load} "
+                    f"| {SERVER_NAMES.get(server, server)} | {rate_label} "
                     f"| {fmt_int(s.get('delivered_per_s'))} | {s.get('loss_pct', float('nan')):.3f} "
                     f"| {fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p99'))} | {fmt_ms(lat.get('max'))} "
                     f"| {srv.get('cpu_us_per_delivery', 0):.2f} |")

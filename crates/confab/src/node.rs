@@ -266,18 +266,7 @@ impl Node {
         outbox: Outbox,
         since: Option<i64>,
     ) -> Result<Joined, Refusal> {
-        let topic = Topic::Room(room.clone());
-        self.attach(topic.clone(), conn, outbox).await?;
-        let arrived = match self.broker.presence_add(room, user).await {
-            Ok(arrived) => arrived,
-            Err(err) => {
-                self.detach(&topic, conn);
-                return Err(err.into());
-            }
-        };
-        if arrived {
-            self.announce(room, user, PresenceChange::Join).await;
-        }
+        self.enter(conn, room, user, outbox).await?;
         let query = match since {
             Some(after) => PageQuery {
                 after: Some(after),
@@ -305,6 +294,31 @@ impl Node {
             history: page.items,
             more: page.more,
         })
+    }
+
+    /// Puts `conn` in `room` and announces the user if it just arrived:
+    /// all a tutorial connection needs, which gets no member list and no
+    /// replay (so its join costs no query).
+    pub async fn enter(
+        &self,
+        conn: ConnId,
+        room: &RoomName,
+        user: &UserName,
+        outbox: Outbox,
+    ) -> Result<(), Refusal> {
+        let topic = Topic::Room(room.clone());
+        self.attach(topic.clone(), conn, outbox).await?;
+        let arrived = match self.broker.presence_add(room, user).await {
+            Ok(arrived) => arrived,
+            Err(err) => {
+                self.detach(&topic, conn);
+                return Err(err.into());
+            }
+        };
+        if arrived {
+            self.announce(room, user, PresenceChange::Join).await;
+        }
+        Ok(())
     }
 
     /// Takes `conn` out of `room`; returns whether it was in it.

@@ -176,7 +176,7 @@ impl Session {
                 .await?;
             self.user = Some(user.clone());
             self.node
-                .join(self.conn, &room, &user, self.outbox.clone(), Some(i64::MAX))
+                .enter(self.conn, &room, &user, self.outbox.clone())
                 .await
         }
         .await;
