@@ -16,7 +16,6 @@ use crate::protocol::{RoomName, UserName};
 use crate::session::{self, Kind};
 use crate::web;
 use crate::ws::{NotUpgrade, Upgrade};
-use tungstenite::protocol::WebSocketConfig;
 
 /// Every route.
 pub fn router(node: Arc<Node>) -> Router {
@@ -80,19 +79,13 @@ fn upgrade(node: Arc<Node>, headers: &HeaderMap, ws: Upgrade, kind: Kind) -> Res
         Kind::Echo => s.echo_max_bytes,
         _ => s.max_frame_bytes,
     };
-    let tracker = node.tracker.clone();
-    // Frames queued with `feed` gather in the write buffer until it holds
-    // 32 KiB or the batch is flushed: several frames, one syscall. A
-    // connection that never writes never allocates it.
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        .read_buffer_size(256)
-        .write_buffer_size(32 * 1024)
-        .max_write_buffer_size(2 * max + 4 * 1024 * 1024);
-    ws.on_upgrade(config, move |socket| {
-        tracker.track_future(session::run(node, socket, kind, permit))
-    })
+    let (response, handshake) = ws.accept(max);
+    tokio::spawn(
+        node.tracker
+            .clone()
+            .track_future(session::run(node, handshake, kind, permit)),
+    );
+    response
 }
 
 fn not_found(what: &str, err: impl std::fmt::Display) -> Response {

@@ -25,7 +25,7 @@ use crate::protocol::native::{Command, Limits, Page, Reply};
 use crate::protocol::seed::{Dialect, Said};
 use crate::protocol::{Event, RoomName, Topic, UserName, PROTOCOL_VERSION};
 use crate::store::{Draft, PageQuery, Stored};
-use crate::ws::{CloseFrame, Message, Socket as WebSocket, Utf8Bytes};
+use crate::ws::{CloseFrame, Handshake, Message, Socket as WebSocket, Utf8Bytes};
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone)]
@@ -96,11 +96,13 @@ enum Flow {
     Goodbye,
 }
 
-// Parameters are used in place, never rebound (`let mut socket = socket`):
-// a rebinding gives the value a second slot in this future, which every
-// idle connection carries.
-/// Runs one connection to its end.
-pub async fn run(node: Arc<Node>, mut socket: WebSocket, kind: Kind, _permit: ConnPermit) {
+/// Opens the socket and runs the connection to its end. This future is
+/// what every idle connection's task holds: keep its arguments small (each
+/// keeps a slot for the task's lifetime) and box what runs rarely.
+pub async fn run(node: Arc<Node>, handshake: Handshake, kind: Kind, _permit: ConnPermit) {
+    let Some(mut socket) = handshake.open().await else {
+        return;
+    };
     let _counted = node.metrics.connection(&kind);
     if let Kind::Echo = kind {
         return Box::pin(echo(node, socket)).await;

@@ -7,7 +7,6 @@
 //! protocol state and its small read buffer, nothing of the handshake.
 //! Measured in docs/performance.md ("Where the memory goes").
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -92,27 +91,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 impl Upgrade {
-    /// Answers 101 and, once hyper lets go of the connection, runs
-    /// `callback` with the socket on a task of its own.
-    pub fn on_upgrade<C, Fut>(self, config: WebSocketConfig, callback: C) -> Response
-    where
-        C: FnOnce(Socket) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// The 101 answer, and the handshake to finish on the connection's
+    /// own task once hyper has sent it. Frames and messages are limited to
+    /// `max_frame` bytes.
+    pub fn accept(self, max_frame: usize) -> (Response, Handshake) {
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
-        let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(err) => {
-                    tracing::debug!(error = %err, "upgrade failed");
-                    return;
-                }
-            };
-            let io = Io::from(upgraded);
-            callback(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await).await;
-        });
-        (
+        let response = (
             StatusCode::SWITCHING_PROTOCOLS,
             [
                 (header::CONNECTION, HeaderValue::from_static("upgrade")),
@@ -123,8 +107,49 @@ impl Upgrade {
                 ),
             ],
         )
-            .into_response()
+            .into_response();
+        let handshake = Handshake {
+            on_upgrade: self.on_upgrade,
+            max_frame,
+        };
+        (response, handshake)
     }
+}
+
+/// An accepted upgrade whose socket is not open yet. Small on purpose: it
+/// is the argument of the connection's task, and kept for its lifetime.
+pub struct Handshake {
+    on_upgrade: OnUpgrade,
+    max_frame: usize,
+}
+
+impl Handshake {
+    /// Waits for hyper to hand the connection over and opens the WebSocket
+    /// on it; `None` if the client went away first.
+    pub async fn open(self) -> Option<Socket> {
+        let upgraded = match self.on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return None;
+            }
+        };
+        let config = config(self.max_frame);
+        Some(WebSocketStream::from_raw_socket(Io::from(upgraded), Role::Server, Some(config)).await)
+    }
+}
+
+/// Limits and buffers of every socket. Frames queued with `feed` gather in
+/// the write buffer until it holds 32 KiB or the batch is flushed: several
+/// frames, one syscall; a connection that never writes never allocates it.
+/// Reads go into 256 bytes, grown to a frame's length when one is longer.
+fn config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+        .read_buffer_size(256)
+        .write_buffer_size(32 * 1024)
+        .max_write_buffer_size(2 * max_frame + 4 * 1024 * 1024)
 }
 
 /// The transport under a WebSocket: the TCP stream itself, with any bytes
@@ -133,23 +158,24 @@ impl Upgrade {
 pub enum Io {
     /// The accepted TCP stream.
     Tcp {
-        /// Bytes read with the handshake that belong to the WebSocket.
-        pre: Option<Bytes>,
+        /// Bytes read with the handshake that belong to the WebSocket
+        /// (boxed: almost always there are none).
+        pre: Option<Box<Bytes>>,
         /// The stream.
         tcp: TcpStream,
     },
     /// Any other transport.
-    Upgraded(TokioIo<Upgraded>),
+    Upgraded(Box<TokioIo<Upgraded>>),
 }
 
 impl From<Upgraded> for Io {
     fn from(upgraded: Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => Io::Tcp {
-                pre: (!parts.read_buf.is_empty()).then_some(parts.read_buf),
+                pre: (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf)),
                 tcp: parts.io.into_inner(),
             },
-            Err(upgraded) => Io::Upgraded(TokioIo::new(upgraded)),
+            Err(upgraded) => Io::Upgraded(Box::new(TokioIo::new(upgraded))),
         }
     }
 }
@@ -173,7 +199,7 @@ impl AsyncRead for Io {
                 }
                 Pin::new(tcp).poll_read(cx, buf)
             }
-            Io::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -186,7 +212,7 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
-            Io::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -197,7 +223,7 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Tcp { tcp, .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Io::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -211,14 +237,14 @@ impl AsyncWrite for Io {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp { tcp, .. } => Pin::new(tcp).poll_flush(cx),
-            Io::Upgraded(io) => Pin::new(io).poll_flush(cx),
+            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
-            Io::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
 }
