@@ -27,7 +27,7 @@ pub fn identify(
 ) -> Result<UserName, Refusal> {
     let Some(secret) = &settings.token_secret else {
         let name = name.ok_or_else(|| Refusal::new(ErrorCode::Invalid, "`name` is required"))?;
-        return UserName::parse(name)
+        return UserName::parse_own(name)
             .map_err(|e| Refusal::new(ErrorCode::InvalidUser, format!("`name`: {e}")));
     };
     let unauthorized = |why: String| Refusal::new(ErrorCode::Unauthorized, why);
@@ -38,7 +38,7 @@ pub fn identify(
         &Validation::new(Algorithm::HS256),
     )
     .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
-    UserName::parse(&data.claims.sub).map_err(|e| unauthorized(format!("token `sub`: {e}")))
+    UserName::parse_own(&data.claims.sub).map_err(|e| unauthorized(format!("token `sub`: {e}")))
 }
 
 /// Mints a token for `user`, valid for `ttl_secs`.

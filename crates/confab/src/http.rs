@@ -151,7 +151,7 @@ async fn user(
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
-    match UserName::parse(&user) {
+    match UserName::parse_own(&user) {
         Ok(user) => {
             let kind = Kind::Seed {
                 dialect: Dialect::UserJson,

@@ -246,7 +246,11 @@ impl Node {
         user: &UserName,
         outbox: Outbox,
     ) -> Result<(), Refusal> {
-        self.store.register_user(user).await?;
+        // A guest is nobody's correspondent: registering it would only
+        // grow the users table by a row per anonymous connection.
+        if !user.is_guest() {
+            self.store.register_user(user).await?;
+        }
         self.attach(Topic::User(user.clone()), conn, outbox).await
     }
 
@@ -365,6 +369,12 @@ impl Node {
 
     /// Checks that `to` may receive a direct message.
     pub async fn check_recipient(&self, to: &UserName) -> Result<(), Refusal> {
+        if to.is_guest() {
+            return Err(Refusal::new(
+                ErrorCode::UnknownUser,
+                format!("`{to}` is an anonymous connection: it cannot receive direct messages"),
+            ));
+        }
         if self.store.user_exists(to).await? {
             Ok(())
         } else {

@@ -66,7 +66,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<String> {
     let secret = settings.token_secret.as_ref().context(
         "no token_secret is configured (set --token-secret, CONFAB_TOKEN_SECRET or token_secret in the file), so clients need no token",
     )?;
-    let user = UserName::parse(&args.user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+    let user = UserName::parse_own(&args.user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
     crate::auth::mint(secret, &user, args.ttl)
 }
 

@@ -696,8 +696,8 @@ function renderMembers() {
       h(
         'li',
         { dataset: { user } },
-        user === me
-          ? h('span', { class: 'member self' }, h('span', { class: `avatar ${hue(user)}`, 'aria-hidden': 'true' }, initial(user)), h('span', { class: 'label', dir: 'auto' }, user), h('span', { class: 'muted small' }, ' (you)'))
+        user === me || user.startsWith('guest-')
+          ? h('span', { class: user === me ? 'member self' : 'member' }, h('span', { class: `avatar ${hue(user)}`, 'aria-hidden': 'true' }, initial(user)), h('span', { class: 'label', dir: 'auto' }, user), user === me ? h('span', { class: 'muted small' }, ' (you)') : null)
           : h(
             'button',
             { type: 'button', class: 'member', title: `Message ${user} privately`, onclick: () => openDm(user, { activate: true }) },

@@ -33,6 +33,11 @@ fn user_name(s: &str, what: &str) -> Result<UserName, ApiError> {
     UserName::parse(s).map_err(|e| ApiError::new(ApiCode::InvalidUser, format!("{what}: {e}")))
 }
 
+/// A name to send as or mint a token for: not a guest's.
+fn own_name(s: &str, what: &str) -> Result<UserName, ApiError> {
+    UserName::parse_own(s).map_err(|e| ApiError::new(ApiCode::InvalidUser, format!("{what}: {e}")))
+}
+
 fn limit(value: Option<i64>, default: u32, max: u32) -> Result<u32, ApiError> {
     match value {
         None => Ok(default),
@@ -363,7 +368,7 @@ pub async fn publish_room(
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
     let room = room_name(&room)?;
-    let from = user_name(&req.from, "`from`")?;
+    let from = own_name(&req.from, "`from`")?;
     check_body(&st, &req.body)?;
     let key = idempotency_key(&headers)?;
     let draft = Draft::Room {
@@ -414,7 +419,7 @@ pub async fn publish_dm(
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
     let to = user_name(&user, "user name")?;
-    let from = user_name(&req.from, "`from`")?;
+    let from = own_name(&req.from, "`from`")?;
     check_body(&st, &req.body)?;
     let key = idempotency_key(&headers)?;
     st.node.check_recipient(&to).await?;
@@ -664,7 +669,7 @@ pub async fn mint_token(
     State(st): State<ApiState>,
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    let user = user_name(&req.user, "`user`")?;
+    let user = own_name(&req.user, "`user`")?;
     let ttl = req.ttl_seconds.unwrap_or(3600);
     if !(1..=31_536_000).contains(&ttl) {
         return Err(ApiError::invalid(

@@ -91,6 +91,12 @@ name_type!(
 /// `/ws/echo/`), so `/ws/<username>/` can never mean one of them.
 pub const RESERVED_USERS: [&str; 2] = ["chat", "echo"];
 
+/// The prefix of the names the server gives anonymous tutorial
+/// connections. Names are parsed alike wherever they come from (stored
+/// messages, other nodes); the edges where a client names itself or a
+/// correspondent refuse this prefix ([`UserName::is_guest`]).
+pub const GUEST_PREFIX: &str = "guest-";
+
 /// The room every tutorial broadcast path (`/chat/`, `/ws/`) talks to.
 pub const GLOBAL_ROOM: &str = "global";
 
@@ -117,9 +123,27 @@ impl UserName {
         Ok(Self(s.into()))
     }
 
-    /// A name the server gives an anonymous tutorial connection.
+    /// A name the server gives an anonymous tutorial connection. Guests
+    /// live as long as their connection: they are never registered as
+    /// users, so nobody can send them direct messages, and a later guest
+    /// given the same number (after a restart) inherits nothing.
     pub fn guest(n: u64) -> Self {
-        Self(format!("guest-{n}").into())
+        Self(format!("{GUEST_PREFIX}{n}").into())
+    }
+
+    /// A name a client takes for itself (or sends as): any valid name but
+    /// a guest's, which only the server gives out.
+    pub fn parse_own(s: &str) -> Result<Self, NameError> {
+        let name = Self::parse(s)?;
+        if name.is_guest() {
+            return Err(NameError::Reserved);
+        }
+        Ok(name)
+    }
+
+    /// Whether the server made this name for an anonymous connection.
+    pub fn is_guest(&self) -> bool {
+        self.0.starts_with(GUEST_PREFIX)
     }
 }
 
@@ -147,5 +171,11 @@ mod tests {
         assert_eq!(RoomName::parse(" a"), Err(NameError::BadChar));
         assert_eq!(UserName::parse("echo"), Err(NameError::Reserved));
         assert_eq!(UserName::parse("chat"), Err(NameError::Reserved));
+        assert!(UserName::parse("guest-7").unwrap().is_guest());
+        assert_eq!(UserName::parse_own("guest-7"), Err(NameError::Reserved));
+        assert!(UserName::parse_own("ann").is_ok());
+        assert!(!UserName::parse("guesthouse").unwrap().is_guest());
+        assert!(UserName::guest(7).is_guest());
+        assert!(!UserName::parse("ann").unwrap().is_guest());
     }
 }

@@ -211,3 +211,40 @@ async fn invalid_names_in_tutorial_paths_are_not_found() {
         assert_eq!(got, Some(404), "{path}");
     }
 }
+
+/// Guests (anonymous tutorial connections) are nobody's correspondent: no
+/// client can take a `guest-` name, and a DM to a guest is refused, so a
+/// later guest given the same number inherits nothing. Their messages are
+/// history like anyone's.
+#[tokio::test]
+async fn guest_names_are_the_servers_and_guests_get_no_direct_messages() {
+    let server = TestServer::start(settings()).await;
+    let mut tutorial = server.connect("/ws/chat/lobby/").await;
+    let (mut native, _) = server.member("nadia", "lobby").await;
+    tutorial.send_json(json!({"message": "hello"})).await;
+    let guest = native.expect("message").await["from"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(guest.starts_with("guest-"));
+
+    native
+        .send_json(json!({"type": "dm", "id": "g", "to": guest, "body": "psst"}))
+        .await;
+    let err = native.expect("error").await;
+    assert_eq!(err["code"], "unknown_user");
+    assert_eq!(err["reply_to"], "g");
+
+    let mut impostor = server.connect("/socket").await;
+    impostor
+        .send_json(json!({"type": "hello", "id": "h", "name": guest}))
+        .await;
+    let err = impostor.expect("error").await;
+    assert_eq!(err["code"], "invalid_user");
+    assert_eq!(
+        Client::try_connect(&server.url(&format!("/ws/{guest}/")), &[])
+            .await
+            .err(),
+        Some(404)
+    );
+}
