@@ -19,6 +19,9 @@ need_pkg() { # need_pkg COMMAND PACKAGE...
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${@:2}" >/dev/null
 }
 
+# The build compiles C: bundled SQLite (cc) and jemalloc (cc, make).
+need_pkg cc gcc
+need_pkg make make
 need_pkg redis-server redis-server
 need_pkg redis-cli redis-tools
 need_pkg psql postgresql postgresql-client

@@ -1,7 +1,8 @@
 //! WebSocket upgrades, served on the connection's own TCP stream.
 //!
-//! axum's `WebSocketUpgrade` leaves every socket behind hyper's boxed
-//! upgrade wrapper. Confab serves HTTP/1 itself ([`crate::server`]), so
+//! Under `axum::serve` and its `WebSocketUpgrade`, every socket stayed
+//! behind hyper's boxed upgrade wrapper and hyper-util's private I/O type.
+//! Confab serves HTTP/1 itself ([`crate::server`]), so
 //! after the 101 it takes the `TcpStream` back out of hyper and hands it
 //! to tungstenite directly: an idle connection then holds the socket, the
 //! protocol state and its small read buffer, nothing of the handshake.
