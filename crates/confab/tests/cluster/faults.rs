@@ -131,12 +131,7 @@ async fn sends_fail_as_unavailable_while_postgres_is_down() {
     bob.send_json(json!({"type": "history", "id": "h", "room": "r"}))
         .await;
     let page = bob.expect("history").await;
-    let bodies: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = crate::common::bodies(&page["messages"]);
     assert!(!bodies.contains(&"lost?"), "{bodies:?}");
 }
 
@@ -186,12 +181,7 @@ async fn a_killed_nodes_clients_resume_elsewhere_and_its_users_leave_once() {
 
     let mut alice = n2.native("alice").await;
     let joined = alice.join("r", Some(alice_last)).await;
-    let bodies: Vec<&str> = joined["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = crate::common::bodies(&joined["history"]);
     assert_eq!(bodies, ["while-away0", "while-away1", "while-away2"]);
     // She comes back: one join, and no second leave.
     let ev = wait_for(&mut watcher, "presence", |v| v["user"] == "alice").await;

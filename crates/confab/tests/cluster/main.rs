@@ -263,12 +263,7 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
     let dm = bob.expect("dm").await;
     assert_eq!(dm["body"], "dm missed");
     let joined = bob.join("r", Some(last)).await;
-    let bodies: Vec<&str> = joined["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = crate::common::bodies(&joined["history"]);
     assert_eq!(bodies, ["missed0", "missed1", "missed2", "missed3"]);
     assert_eq!(ids(&joined["history"])[0], last + 1);
     let mut pending = 2;

@@ -120,12 +120,7 @@ async fn a_rest_publish_reaches_the_room_and_its_history() {
     assert_eq!(page.status, 200);
     let page = page.json();
     assert_eq!(page["more"], false);
-    let bodies: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = crate::common::bodies(&page["messages"]);
     assert_eq!(bodies, ["deploy at noon", "ok"]);
     // The same messages, field for field, as a joiner's replay.
     let (_, joined) = server.member("dave", "lobby").await;

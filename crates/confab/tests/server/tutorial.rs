@@ -155,12 +155,7 @@ async fn tutorial_and_native_clients_share_a_room_and_its_history() {
 
     let mut late = server.native("lars").await;
     let joined = late.join("lobby", None).await;
-    let bodies: Vec<&str> = joined["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = crate::common::bodies(&joined["history"]);
     assert_eq!(bodies, ["from the tutorial", "from native"]);
 }
 

@@ -252,3 +252,14 @@ impl Client {
         }
     }
 }
+
+/// The `body` of each message in a JSON array of messages (a join's
+/// `history`, a history page's `messages`), in order.
+pub fn bodies(messages: &Value) -> Vec<&str> {
+    messages
+        .as_array()
+        .expect("an array of messages")
+        .iter()
+        .map(|m| m["body"].as_str().expect("a message body"))
+        .collect()
+}
