@@ -267,6 +267,10 @@ async fn sqlite_ids_continue_after_reopening() {
     let batch = [say("a", "u", "1"), dm("u", "v", "d1"), say("a", "u", "2")];
     assert_eq!(ids(&first.append(&batch).await.unwrap()), vec![1, 1, 2]);
     first.close().await;
+    // A closed store refuses appends (its writer connection is gone)
+    // rather than hang or write behind the reopened one's back.
+    let refused = first.append(&[say("a", "u", "late")]).await;
+    assert!(refused.is_err(), "{refused:?}");
 
     let again = store::open(&url).await.unwrap();
     let batch = [say("a", "u", "3"), say("b", "u", "x"), dm("v", "u", "d2")];

@@ -1,13 +1,16 @@
 //! The embedded store: SQLite in WAL mode, one file under `./confab-data/`
 //! by default. Appends come in batches from the sequencer's single task,
-//! so one transaction (and one fsync) covers many messages.
+//! so one transaction (and one fsync) covers many messages, and go through
+//! one connection of their own: SQLite's single writer, kept out of the
+//! pool the reads share (a pooled connection costs a second round trip to
+//! SQLite's thread per use, the ping sqlx makes when it is given back).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
 
 use super::idempotency::{KeyClaim, KeyRecord};
 use super::{Draft, PageQuery, Paged, Result, Store, Stored};
@@ -17,9 +20,17 @@ use crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// `None` once closed.
+    writer: tokio::sync::Mutex<Option<Writer>>,
+}
+
+/// The connection appends go through, and what it has handed out.
+#[derive(Debug)]
+struct Writer {
+    conn: SqliteConnection,
     /// The last id handed out per room and for direct messages, read from
     /// the database on the first append and kept here after.
-    heads: tokio::sync::Mutex<Option<Heads>>,
+    heads: Option<Heads>,
 }
 
 #[derive(Debug, Default)]
@@ -29,14 +40,14 @@ struct Heads {
 }
 
 impl Heads {
-    async fn load(pool: &SqlitePool) -> Result<Self> {
+    async fn load(conn: &mut SqliteConnection) -> Result<Self> {
         let rooms = sqlx::query_as::<_, (String, i64)>("SELECT name, last_id FROM rooms")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?
             .into_iter()
             .collect();
         let dm = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM direct_messages")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
         Ok(Self { rooms, dm })
     }
@@ -78,7 +89,9 @@ impl SqliteStore {
             // an acknowledged message must survive a power cut.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
-        // Every connection to `:memory:` is its own database: keep one.
+        // sqlx makes `:memory:` one shared-cache database per options
+        // value: the pool's connections and the writer see the same one,
+        // and it lives while any of them is open.
         // No ping before each acquire: a local file does not go away, and
         // every saved round trip to the worker thread shortens a batch.
         let pool = SqlitePoolOptions::new()
@@ -87,12 +100,16 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        let writer = Writer {
+            conn: options.connect().await?,
+            heads: None,
+        };
         Ok(Self {
             pool,
-            heads: Default::default(),
+            writer: tokio::sync::Mutex::new(Some(writer)),
         })
     }
 }
@@ -113,9 +130,12 @@ impl Store for SqliteStore {
     async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>> {
         let ts = now_ms();
         let (rooms, dms) = super::draw(batch);
-        let mut heads = self.heads.lock().await;
+        let mut writer = self.writer.lock().await;
+        let Some(Writer { conn, heads }) = writer.as_mut() else {
+            return Err(super::StoreError::Unavailable("the store is closed".into()));
+        };
         if heads.is_none() {
-            *heads = Some(Heads::load(&self.pool).await?);
+            *heads = Some(Heads::load(conn).await?);
         }
         let current = heads.as_mut().expect("loaded above");
         let first_room = rooms
@@ -138,10 +158,10 @@ impl Store for SqliteStore {
         let directs =
             (!directs.is_empty()).then(|| serde_json::to_string(&directs).expect("rows serialize"));
         match (&messages, &directs) {
-            (Some(rows), None) => insert(ROOM_ROWS, rows, ts).execute(&self.pool).await?,
-            (None, Some(rows)) => insert(DIRECT_ROWS, rows, ts).execute(&self.pool).await?,
+            (Some(rows), None) => insert(ROOM_ROWS, rows, ts).execute(&mut *conn).await?,
+            (None, Some(rows)) => insert(DIRECT_ROWS, rows, ts).execute(&mut *conn).await?,
             (Some(room_rows), Some(direct_rows)) => {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = conn.begin().await?;
                 insert(ROOM_ROWS, room_rows, ts).execute(&mut *tx).await?;
                 insert(DIRECT_ROWS, direct_rows, ts)
                     .execute(&mut *tx)
@@ -230,6 +250,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = writer.conn.close().await;
+        }
         self.pool.close().await;
     }
 }
