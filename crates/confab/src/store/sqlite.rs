@@ -29,8 +29,8 @@ pub struct SqliteStore {
 struct Writer {
     conn: SqliteConnection,
     /// The last id handed out per room and for direct messages, read from
-    /// the database on the first append and kept here after.
-    heads: Option<Heads>,
+    /// the database on opening and kept here after.
+    heads: Heads,
 }
 
 #[derive(Debug, Default)]
@@ -103,10 +103,9 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        let writer = Writer {
-            conn: options.connect().await?,
-            heads: None,
-        };
+        let mut conn = options.connect().await?;
+        let heads = Heads::load(&mut conn).await?;
+        let writer = Writer { conn, heads };
         Ok(Self {
             pool,
             writer: tokio::sync::Mutex::new(Some(writer)),
@@ -131,13 +130,13 @@ impl Store for SqliteStore {
         let ts = now_ms();
         let (rooms, dms) = super::draw(batch);
         let mut writer = self.writer.lock().await;
-        let Some(Writer { conn, heads }) = writer.as_mut() else {
+        let Some(Writer {
+            conn,
+            heads: current,
+        }) = writer.as_mut()
+        else {
             return Err(super::StoreError::Unavailable("the store is closed".into()));
         };
-        if heads.is_none() {
-            *heads = Some(Heads::load(conn).await?);
-        }
-        let current = heads.as_mut().expect("loaded above");
         let first_room = rooms
             .keys()
             .map(|room| {
