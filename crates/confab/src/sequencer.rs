@@ -66,6 +66,19 @@ async fn run(
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        if jobs.len() < MAX_BATCH {
+            // Let the connections that are ready run first, then take what
+            // they submitted too. Otherwise the sequencer, woken by the
+            // first submit, runs straight after it (tokio's LIFO slot) and
+            // every batch holds one message: a round trip to the store per
+            // message. With nothing else ready, it costs one poll of the
+            // I/O driver.
+            tokio::task::yield_now().await;
+            while jobs.len() < MAX_BATCH {
+                let Ok(job) = rx.try_recv() else { break };
+                jobs.push(job);
+            }
+        }
         // Move the drafts out rather than copy every body once more.
         let (drafts, replies): (Vec<Draft>, Vec<_>) =
             jobs.drain(..).map(|j| (j.draft, j.reply)).unzip();
