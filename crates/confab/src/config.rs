@@ -118,6 +118,9 @@ pub struct Overrides {
     /// Seconds to wait for connections to close on shutdown [default: 10]
     #[arg(long, env = "CONFAB_SHUTDOWN_TIMEOUT", value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
+    /// Seconds a client has to send its request head before it is disconnected (slow-loris) [default: 10]
+    #[arg(long, env = "CONFAB_HEADER_TIMEOUT", value_name = "SECS")]
+    pub header_timeout: Option<u64>,
     /// This node's name in a cluster; unique per running process [default: random]
     #[arg(long, env = "CONFAB_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
@@ -183,6 +186,9 @@ pub struct Settings {
     /// Shutdown deadline.
     #[serde(serialize_with = "as_secs")]
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send its request head.
+    #[serde(serialize_with = "as_secs")]
+    pub header_timeout: Duration,
     /// This node's name in a cluster.
     pub node_id: String,
     /// How long a node may stay silent before its presence is removed.
@@ -234,6 +240,7 @@ impl Overrides {
             token_secret,
             log_format,
             shutdown_timeout,
+            header_timeout,
             node_id,
             node_ttl,
             cluster_name,
@@ -283,6 +290,7 @@ impl Settings {
             token_secret: o.token_secret,
             log_format: o.log_format.unwrap_or(LogFormat::Text),
             shutdown_timeout: Duration::from_secs(o.shutdown_timeout.unwrap_or(10)),
+            header_timeout: Duration::from_secs(o.header_timeout.unwrap_or(10)),
             node_id: o.node_id.unwrap_or_else(random_node_id),
             node_ttl: Duration::from_secs(o.node_ttl.unwrap_or(15)),
             cluster_name: o.cluster_name.unwrap_or_else(|| "confab".into()),
@@ -306,6 +314,10 @@ impl Settings {
         anyhow::ensure!(
             !self.ping_interval.is_zero(),
             "ping_interval must be at least 1 second"
+        );
+        anyhow::ensure!(
+            !self.header_timeout.is_zero(),
+            "header_timeout must be at least 1 second"
         );
         anyhow::ensure!(
             self.rate_limit == 0 || self.rate_burst >= 1,

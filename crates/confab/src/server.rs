@@ -41,7 +41,12 @@ pub async fn serve(
         token.cancel();
     });
     let deadline = node.settings.shutdown_timeout;
-    let server = tokio::spawn(accept(listener, app, node.shutdown.clone()));
+    let server = tokio::spawn(accept(
+        listener,
+        app,
+        node.settings.header_timeout,
+        node.shutdown.clone(),
+    ));
     let cancelled = node.shutdown.clone();
     cancelled.cancelled().await;
     // Sessions see the same token and close with 1001; wait for them and
@@ -72,12 +77,17 @@ pub async fn serve(
 /// Served here rather than by `axum::serve` so that an upgraded socket is
 /// the plain `TcpStream` again ([`crate::ws`]); HTTP/2 is not offered
 /// (browsers speak it only over TLS, which a proxy in front terminates).
-async fn accept(listener: TcpListener, app: axum::Router, stop: CancellationToken) -> TaskTracker {
+async fn accept(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) -> TaskTracker {
     let tracker = TaskTracker::new();
     let mut http = http1::Builder::new();
     // A client has this long to send its request head (slowloris).
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(header_timeout);
     loop {
         let tcp = tokio::select! {
             _ = stop.cancelled() => {

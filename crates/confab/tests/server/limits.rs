@@ -181,6 +181,46 @@ async fn a_silent_client_is_closed_after_missed_pongs() {
     assert_eq!(silent.closed().await, 1008);
 }
 
+/// A client that starts a request head and never finishes it is
+/// disconnected after `header_timeout` (slow-loris); a whole request
+/// meanwhile is answered.
+#[tokio::test]
+async fn an_unfinished_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start(settings_with(Overrides {
+        header_timeout: Some(1),
+        ..Overrides::default()
+    }))
+    .await;
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: confab\r\n")
+        .await
+        .unwrap();
+
+    let health = crate::http_client::request(server.addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(health.status, 200);
+
+    // Whatever the server says first, the connection must end: read to EOF.
+    let mut said = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut said)).await;
+    assert!(
+        ended.is_ok(),
+        "the half-sent request was still open after 5 s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the timeout",
+        started.elapsed()
+    );
+    assert!(
+        !said.starts_with(b"HTTP/1.1 200"),
+        "an unfinished request was answered: {}",
+        String::from_utf8_lossy(&said)
+    );
+}
+
 /// Upgrades from a foreign Origin are 403; same host, no Origin and
 /// listed origins are allowed.
 #[tokio::test]
