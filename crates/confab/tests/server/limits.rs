@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{settings, settings_with, Client, TestServer};
+use crate::http_client::request;
 use confab::config::Overrides;
 
 /// A body over the message limit gets `too_large`, and the connection
@@ -186,8 +188,6 @@ async fn a_silent_client_is_closed_after_missed_pongs() {
 /// meanwhile is answered.
 #[tokio::test]
 async fn an_unfinished_request_head_is_disconnected() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let server = TestServer::start(settings_with(Overrides {
         header_timeout: Some(1),
         ..Overrides::default()
@@ -199,7 +199,7 @@ async fn an_unfinished_request_head_is_disconnected() {
         .await
         .unwrap();
 
-    let health = crate::http_client::request(server.addr, "GET", "/healthz", &[], None).await;
+    let health = request(server.addr, "GET", "/healthz", &[], None).await;
     assert_eq!(health.status, 200);
 
     // Whatever the server says first, the connection must end: read to EOF.
