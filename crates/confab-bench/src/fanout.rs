@@ -761,56 +761,115 @@ pub struct SweepCfg {
     pub factor: f64,
     pub max_steps: usize,
     pub max_loss_pct: f64,
+    /// Extra steps per latency bound, each halving (in log space) the gap
+    /// between the highest rate held within the bound and the lowest rate
+    /// above it that was not.
+    pub refine: usize,
 }
 
-/// Raise the rate geometrically until p99 > 100 ms or loss is too high.
+/// The latency bounds a sweep reports a knee for, in ms.
+const BOUNDS_MS: [f64; 2] = [10.0, 100.0];
+
+/// What one step showed, as far as the knees go.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Outcome {
+    rate: f64,
+    /// Loss within the limit and no errors.
+    clean: bool,
+    p99_ms: f64,
+}
+
+impl Outcome {
+    fn held(&self, bound_ms: f64) -> bool {
+        self.clean && self.p99_ms <= bound_ms
+    }
+}
+
+/// The knee at `bound_ms` lies between the highest rate held within it and
+/// the lowest rate above that which was not: that pair, if both exist.
+fn bracket(outcomes: &[Outcome], bound_ms: f64) -> Option<(f64, f64)> {
+    let lo = outcomes
+        .iter()
+        .filter(|o| o.held(bound_ms))
+        .map(|o| o.rate)
+        .reduce(f64::max)?;
+    let hi = outcomes
+        .iter()
+        .filter(|o| o.rate > lo && !o.held(bound_ms))
+        .map(|o| o.rate)
+        .reduce(f64::min)?;
+    Some((lo, hi))
+}
+
+/// The next rate to try to narrow the knee at `bound_ms`: the geometric
+/// middle of its bracket, unless the bracket is already within 2%.
+fn probe(outcomes: &[Outcome], bound_ms: f64) -> Option<f64> {
+    let (lo, hi) = bracket(outcomes, bound_ms)?;
+    (hi / lo > 1.02).then(|| (lo * hi).sqrt())
+}
+
+/// Raise the rate geometrically until p99 > 100 ms or loss is too high,
+/// then narrow each knee with `refine` steps between the rates around it.
 pub async fn sweep(
     cfg: &FanoutCfg,
     sw: &SweepCfg,
     mut on_step: impl FnMut(&Value),
 ) -> anyhow::Result<Value> {
-    let mut rate = sw.start;
-    let mut best10: Option<Value> = None;
-    let mut best100: Option<Value> = None;
-    let mut steps = Vec::new();
-    let mut retried = false;
-    let mut n = 0;
-    while n < sw.max_steps {
-        n += 1;
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut best: [Option<Value>; 2] = [None, None];
+    let mut steps = 0;
+    // One step at `rate`; `None` when the run itself failed (the error is
+    // reported as a step and the sweep ends).
+    let mut step = async |rate: f64| -> Option<Outcome> {
+        steps += 1;
         let mut c = cfg.clone();
         c.rate = rate;
         let res = match run(&c).await {
             Ok(r) => r,
             Err(e) => {
-                let v = json!({"kind": "fanout", "label": cfg.label, "rate": rate,
-                               "offered_deliveries_per_s": rate * cfg.members as f64,
-                               "errors": [format!("{e:#}")]});
-                on_step(&v);
-                steps.push(v);
-                break;
+                on_step(&json!({"kind": "fanout", "label": cfg.label, "rate": rate,
+                                "offered_deliveries_per_s": rate * cfg.members as f64,
+                                "errors": [format!("{e:#}")]}));
+                return None;
             }
         };
         on_step(&res);
-        let p99 = res["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX);
-        let loss = res["loss_pct"].as_f64().unwrap_or(100.0);
-        let held = loss <= sw.max_loss_pct && res["errors"].as_array().is_none_or(|e| e.is_empty());
+        let outcome = Outcome {
+            rate,
+            clean: res["loss_pct"].as_f64().unwrap_or(100.0) <= sw.max_loss_pct
+                && res["errors"].as_array().is_none_or(|e| e.is_empty()),
+            p99_ms: res["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX),
+        };
         let summary = json!({
             "rate": rate,
             "offered_deliveries_per_s": res["offered_deliveries_per_s"],
             "delivered_per_s": res["delivered_per_s"],
-            "p99_ms": p99, "loss_pct": loss,
+            "p99_ms": outcome.p99_ms, "loss_pct": res["loss_pct"],
             "bench_saturated": res["bench_saturated"],
         });
-        if held && p99 <= 10.0 {
-            best10 = Some(summary.clone());
+        for (slot, bound) in best.iter_mut().zip(BOUNDS_MS) {
+            let higher = slot
+                .as_ref()
+                .is_none_or(|b| b["rate"].as_f64().unwrap_or(0.0) < rate);
+            if outcome.held(bound) && higher {
+                *slot = Some(summary.clone());
+            }
         }
-        if held && p99 <= 100.0 {
-            best100 = Some(summary.clone());
-        }
-        steps.push(res);
         // Give the server a moment to settle between steps.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        if !held || p99 > 100.0 {
+        Some(outcome)
+    };
+
+    let mut rate = sw.start;
+    let mut retried = false;
+    let mut failed = false;
+    for _ in 0..sw.max_steps {
+        let Some(outcome) = step(rate).await else {
+            failed = true;
+            break;
+        };
+        outcomes.push(outcome);
+        if !outcome.held(BOUNDS_MS[1]) {
             // One retry of a failed step, so that a warm-up hiccup (a JIT, a
             // first garbage collection) does not end the sweep.
             if retried {
@@ -822,6 +881,22 @@ pub async fn sweep(
         retried = false;
         rate *= sw.factor;
     }
+    let mut refined = 0;
+    if !failed {
+        'bounds: for bound in BOUNDS_MS {
+            for _ in 0..sw.refine {
+                let Some(rate) = probe(&outcomes, bound) else {
+                    break;
+                };
+                let Some(outcome) = step(rate).await else {
+                    break 'bounds;
+                };
+                outcomes.push(outcome);
+                refined += 1;
+            }
+        }
+    }
+    let [best10, best100] = best;
     Ok(json!({
         "kind": "sweep",
         "label": cfg.label,
@@ -829,7 +904,8 @@ pub async fn sweep(
         "max_loss_pct": sw.max_loss_pct,
         "best_p99_10ms": best10,
         "best_p99_100ms": best100,
-        "steps": steps.len(),
+        "steps": steps,
+        "refined": refined,
     }))
 }
 
@@ -852,6 +928,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.publisher, s.seq, s.ts_ns), (1, 2, 3));
+    }
+
+    fn outcome(rate: f64, p99_ms: f64) -> Outcome {
+        Outcome {
+            rate,
+            clean: true,
+            p99_ms,
+        }
+    }
+
+    #[test]
+    fn a_knee_is_bracketed_by_the_highest_rate_held_and_the_next_one_not() {
+        let steps = [
+            outcome(100.0, 2.0),
+            outcome(160.0, 12.0),
+            // Noise: held again above a failure. The bracket starts here.
+            outcome(256.0, 9.0),
+            outcome(409.6, 40.0),
+            outcome(655.4, 150.0),
+        ];
+        assert_eq!(bracket(&steps, 10.0), Some((256.0, 409.6)));
+        assert_eq!(bracket(&steps, 100.0), Some((409.6, 655.4)));
+        let mid = probe(&steps, 10.0).unwrap();
+        assert!((mid - (256.0f64 * 409.6).sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_lossy_step_is_not_held_whatever_its_latency() {
+        let mut lossy = outcome(200.0, 1.0);
+        lossy.clean = false;
+        let steps = [outcome(100.0, 1.0), lossy];
+        assert_eq!(bracket(&steps, 10.0), Some((100.0, 200.0)));
+    }
+
+    #[test]
+    fn no_probe_without_both_ends_or_once_the_gap_is_small() {
+        // Nothing held, or nothing failed above: no bracket.
+        assert_eq!(probe(&[outcome(100.0, 50.0)], 10.0), None);
+        assert_eq!(
+            probe(&[outcome(100.0, 1.0), outcome(160.0, 2.0)], 10.0),
+            None
+        );
+        // Within 2%: narrow enough.
+        assert_eq!(
+            probe(&[outcome(100.0, 1.0), outcome(101.5, 20.0)], 10.0),
+            None
+        );
     }
 
     #[test]

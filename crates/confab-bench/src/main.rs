@@ -43,7 +43,8 @@ struct Cli {
 enum Cmd {
     /// One paced fan-out run: R rooms x M members, K publishers per room.
     Fanout(FanoutArgs),
-    /// Raise the rate step by step; report the highest rate held at p99 <= 10/100 ms.
+    /// Raise the rate step by step, then narrow the knees; report the highest rate
+    /// held at p99 <= 10/100 ms.
     Sweep {
         #[command(flatten)]
         f: FanoutArgs,
@@ -59,6 +60,10 @@ enum Cmd {
         /// Highest loss (percent) for a step to count as held.
         #[arg(long, default_value_t = 0.1)]
         max_loss: f64,
+        /// Steps added per knee (p99 <= 10 ms, <= 100 ms) after the rising
+        /// steps, each halving the gap around it (in log space).
+        #[arg(long, default_value_t = 2)]
+        refine: usize,
     },
     /// Open N idle connections; report connect rate, failures and server RSS per connection.
     Conns(ConnsArgs),
@@ -214,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             factor,
             steps,
             max_loss,
+            refine,
         } => {
             let cfg = fanout_cfg(f, cores)?;
             if *factor <= 1.0 {
@@ -224,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 factor: *factor,
                 max_steps: (*steps).min(40),
                 max_loss_pct: *max_loss,
+                refine: (*refine).min(8),
             };
             let json = cli.json;
             let v = fanout::sweep(&cfg, &sw, |step| emit(json, step)).await?;
