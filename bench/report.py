@@ -65,6 +65,126 @@ def best(steps, p99_max, max_loss=0.1):
     return max(ok, key=lambda s: s["offered_deliveries_per_s"]) if ok else None
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if not n:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def spread(xs, fmt):
+    """The median of xs, and the range when there is more than one."""
+    m = median(xs)
+    if m is None:
+        return "-"
+    if len(xs) == 1:
+        return fmt(m)
+    return f"{fmt(m)} ({fmt(min(xs))}-{fmt(max(xs))})"
+
+
+def fixed_figures(runs):
+    """Medians over the rounds of one fixed load: p50, p99, max latency and
+    server CPU per delivery, plus the runs themselves."""
+    lat = [r.get("latency_ms") or {} for r in runs if r.get("latency_ms")]
+    cpu = [(r.get("server") or {}).get("cpu_us_per_delivery") for r in runs]
+    return {
+        "p50": [l["p50"] for l in lat],
+        "p99": [l["p99"] for l in lat],
+        "max": [l["max"] for l in lat],
+        "cpu": [c for c in cpu if c is not None],
+        "lost": sum(r.get("lost", 0) for r in runs),
+        "runs": runs,
+    }
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def targets(steps, conns):
+    """The issue's targets, computed from this run: [(target, Confab, peers, met)]."""
+    out = []
+
+    def knee(server, sc, bound):
+        b = best(steps.get((server, sc), []), bound)
+        return b["offered_deliveries_per_s"] if b else None
+
+    for sc in ("S1", "S2"):
+        c, n = knee("confab", sc, 10), knee("node", sc, 10)
+        r = ratio(c, n)
+        c100, n100 = knee("confab", sc, 100), knee("node", sc, 100)
+        r100 = ratio(c100, n100)
+        out.append((
+            f"{sc} knee at p99 <= 10 ms: at least 3x Node's",
+            f"{fmt_int(c) if c else 'none'} deliveries/s",
+            f"Node {fmt_int(n) if n else 'none'}" + (f": **{r:.2f}x**" if r else "")
+            + (f" (at p99 <= 100 ms: {fmt_int(c100)} against {fmt_int(n100)}, {r100:.2f}x)"
+               if r100 else ""),
+            "yes" if r and r >= 3 else "**no**",
+        ))
+    fx = {k: fixed_figures(v) for k, v in steps.items() if k[1] in ("S1@1k", "S1@100k")}
+
+    def med(server, sc, key):
+        f = fx.get((server, sc))
+        return median(f[key]) if f else None
+
+    c100k, n100k = med("confab", "S1@100k", "cpu"), med("node", "S1@100k", "cpu")
+    d1k = med("django", "S1@1k", "cpu")
+    met = c100k is not None and n100k is not None and c100k <= n100k and (d1k is None or c100k <= d1k / 50)
+    out.append((
+        "server CPU per delivery at S1 100,000/s: at most Node's, at most 1/50 of Django's",
+        f"{c100k:.2f} us" if c100k is not None else "-",
+        (f"Node {n100k:.2f} us ({ratio(c100k, n100k):.2f}x)" if n100k else "Node -")
+        + (f"; Django {d1k:.1f} us at 1,000/s (1/{d1k / c100k:.0f})" if d1k and c100k else ""),
+        "yes" if met else "**no**",
+    ))
+    for sc, load in (("S1@1k", "1,000"), ("S1@100k", "100,000")):
+        c, n, d = med("confab", sc, "p99"), med("node", sc, "p99"), med("django", sc, "p99")
+        met = c is not None and n is not None and c <= n and (d is None or c < d / 20)
+        out.append((
+            f"p99 at S1 {load}/s (median of the rounds): at most Node's"
+            + (", under 1/20 of Django's" if sc == "S1@1k" else ""),
+            f"{fmt_ms(c)} ms",
+            f"Node {fmt_ms(n)} ms" + (f"; Django {fmt_ms(d)} ms (1/{d / c:.1f})" if d and c else ""),
+            "yes" if met else "**no**",
+        ))
+
+    def idle(server, count):
+        for c in conns.get(server, []):
+            if c.get("requested") == count and c.get("server_kib_per_conn") is not None:
+                return c
+        return None
+
+    c10, n10 = idle("confab", 10000), idle("node", 10000)
+    if c10 and n10:
+        r = c10["server_kib_per_conn"] / n10["server_kib_per_conn"]
+        out.append((
+            "RSS per idle connection at 10,000: at most half of Node's",
+            f"{c10['server_kib_per_conn']:.2f} KiB",
+            f"Node {n10['server_kib_per_conn']:.2f} KiB ({r:.2f}x)",
+            "yes" if r <= 0.5 else "**no**",
+        ))
+        r = c10["connects_per_s"] / n10["connects_per_s"]
+        out.append((
+            "connect rate at 10,000: at least Node's",
+            f"{fmt_int(c10['connects_per_s'])}/s",
+            f"Node {fmt_int(n10['connects_per_s'])}/s ({r:.2f}x)",
+            "yes" if r >= 1 else "**no**",
+        ))
+    below = [s for (server, sc), st in steps.items() if server.startswith("confab")
+             for s in st if held(s, 1e18, 100) and not s.get("bench_saturated")]
+    lost = sum(s.get("lost", 0) for s in below)
+    dup = sum(s.get("duplicates", 0) for s in below)
+    out.append((
+        "zero loss below saturation",
+        f"{lost} lost, {dup} duplicates in the {len(below)} Confab steps held at p99 <= 100 ms",
+        "-",
+        "yes" if lost == 0 and dup == 0 else "**no**",
+    ))
+    return out
+
+
 def svg_plot(series_by_panel, path):
     """series_by_panel: [(title, {server: [(x_deliveries, y_p99_ms, saturated)]})]"""
     pw, ph, ml, mr, mt, mb = 430, 320, 60, 15, 30, 45
@@ -195,7 +315,9 @@ def main():
              "delivery that has not arrived within the grace period "
              f"({meta['grace']} s) after sending stops is lost. A `sweep` raises the send rate "
              f"by x{meta['factor']} per step ({meta['duration']} s of sending per step) until "
-             "p99 exceeds 100 ms or loss exceeds 0.1%. \"Held\" means p99 within the bound and "
+             "p99 exceeds 100 ms or loss exceeds 0.1%, then narrows each knee (p99 <= 10 ms "
+             "and <= 100 ms) with steps at the geometric middle of the highest rate held and "
+             "the lowest rate above it that was not. \"Held\" means p99 within the bound and "
              "loss at most 0.1%. Server CPU is read from `/proc/<pid>/stat` over the window; "
              "server memory from `/proc/<pid>/status` (VmRSS). When the load generator itself "
              "used more than 90% of its core, the step is marked *bench saturated*: the "
@@ -243,7 +365,8 @@ def main():
                 pu = (p.get("server") or {}).get("cpu_us_per_delivery")
                 cpu = (f"; server CPU per delivery {cu:.2f} us against {pu:.2f} us"
                        if cu and pu else "")
-                ratio_lines.append(f"- {sc}: Confab holds **{r:.2g}x** the load of "
+                shown = f"{r:,.0f}" if r >= 10 else f"{r:.2g}"
+                ratio_lines.append(f"- {sc}: Confab holds **{shown}x** the load of "
                                    f"{SERVER_NAMES[peer].split(' (')[0]} at p99 <= 100 ms{cpu}.")
     if ratio_lines:
         L.append("Ratios (Confab / peer):")
@@ -269,25 +392,38 @@ def main():
     fixed_rows = []
     for server in servers:
         for sc, rate_label in (("S1@1k", "1,000"), ("S1@100k", "100,000")):
-            for s in steps.get((server, sc), []):
-                lat = s.get("latency_ms") or {}
-                srv = s.get("server") or {}
-                fixed_rows.append(
-                    f"| {SERVER_NAMES.get(server, server)} | {rate_label} "
-                    f"| {fmt_int(s.get('delivered_per_s'))} | {s.get('loss_pct', float('nan')):.3f} "
-                    f"| {fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p99'))} | {fmt_ms(lat.get('max'))} "
-                    f"| {srv.get('cpu_us_per_delivery', 0):.2f} |")
+            runs = steps.get((server, sc), [])
+            if not runs:
+                continue
+            f = fixed_figures(runs)
+            fixed_rows.append(
+                f"| {SERVER_NAMES.get(server, server)} | {rate_label} | {len(runs)} "
+                f"| {f['lost']} | {spread(f['p50'], fmt_ms)} | {spread(f['p99'], fmt_ms)} "
+                f"| {spread(f['max'], fmt_ms)} | {spread(f['cpu'], lambda x: f'{x:.2f}')} |")
     if fixed_rows:
         L.append("## Latency at fixed loads (S1)")
         L.append("")
         L.append("S1 (1 room x 100 members, 10 publishers) held at 1,000 and at 100,000 "
                  "deliveries/s, each on its own after a second of warm-up traffic (Django "
-                 "only at 1,000: it holds a few hundred).")
+                 "only at 1,000: it holds a few hundred). These run in rounds that take the "
+                 "servers in turn, each round starting every server afresh, so that a slow "
+                 "minute of this shared machine does not fall on one server alone; each "
+                 "figure is the median of the rounds, with their range in brackets.")
         L.append("")
-        L.append("| server | offered deliv/s | delivered/s | loss % | p50 ms | p99 ms | max ms "
+        L.append("| server | offered deliv/s | rounds | lost | p50 ms | p99 ms | max ms "
                  "| server CPU us/deliv |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         L.extend(fixed_rows)
+        L.append("")
+
+    # ---- the targets, computed
+    if "confab" in servers:
+        L.append("## Against the targets (computed from this run)")
+        L.append("")
+        L.append("| target | Confab | peers | met |")
+        L.append("|---|---|---|---|")
+        for t in targets(steps, conns):
+            L.append("| " + " | ".join(t) + " |")
         L.append("")
 
     # ---- per-step detail
