@@ -1,14 +1,16 @@
-//! The hub: which local connections are in which room and belong to which
-//! user, and local fan-out. It never talks to another node or the store:
-//! the broker hands it what arrives, the node tells it who joins.
+//! The hub: which local connections are open, which are in which room and
+//! belong to which user, and local fan-out. It never talks to another node
+//! or the store: the broker hands it what arrives, the node tells it who
+//! joins.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::outbox::{Delivery, Outbox, Pushed};
+use crate::protocol::codes::Close;
 use crate::protocol::{RoomName, Topic, UserName};
 
 /// A connection's number on this node.
@@ -24,7 +26,19 @@ type Members = HashMap<ConnId, Outbox>;
 #[derive(Debug, Default)]
 pub struct Hub {
     state: RwLock<State>,
+    /// Every open connection, so that shutdown reaches each through its own
+    /// outbox. Apart from `state`: it changes only as connections open and
+    /// end, never during fan-out.
+    open: Mutex<Open>,
     next_conn: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    conns: HashMap<ConnId, Outbox>,
+    /// Set once the node is closing: connections opened after it are
+    /// closed at once, for the same reason.
+    closing: Option<Close>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +71,37 @@ impl Hub {
     /// A new connection number.
     pub fn next_conn(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers an open connection. If the node is already closing, the
+    /// connection is told to close at once.
+    ///
+    /// Shutdown is pushed through each connection's outbox ([`Hub::close_all`])
+    /// rather than watched by each connection: a shared cancellation future
+    /// polled on every wake-up of every connection takes a node-wide lock
+    /// each time.
+    pub fn open(&self, conn: ConnId, outbox: &Outbox) {
+        let mut open = self.open.lock();
+        match open.closing {
+            Some(close) => outbox.kill(close),
+            None => {
+                open.conns.insert(conn, outbox.clone());
+            }
+        }
+    }
+
+    /// Forgets a connection that has ended.
+    pub fn ended(&self, conn: ConnId) {
+        self.open.lock().conns.remove(&conn);
+    }
+
+    /// Closes every open connection with `close`, and every one opened from
+    /// now on; returns how many were open.
+    pub fn close_all(&self, close: Close) -> usize {
+        let mut open = self.open.lock();
+        open.closing.get_or_insert(close);
+        open.conns.values().for_each(|o| o.kill(close));
+        open.conns.len()
     }
 
     /// Adds a connection to a topic. `on_first` runs, under the lock, when
@@ -112,7 +157,7 @@ impl Hub {
 
     /// Closes every local connection of `user` with `close`; returns how
     /// many.
-    pub fn kill_user(&self, user: &UserName, close: crate::protocol::codes::Close) -> usize {
+    pub fn kill_user(&self, user: &UserName, close: Close) -> usize {
         let state = self.state.read();
         let members = state.users.get(user);
         members
@@ -176,4 +221,30 @@ fn remove_member<K: std::hash::Hash + Eq>(
         map.remove(key);
     }
     (was, was && empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Next;
+
+    #[tokio::test]
+    async fn closing_all_reaches_open_connections_and_later_ones_but_not_ended_ones() {
+        let hub = Hub::default();
+        let (early, mut early_rx) = Outbox::new(4);
+        let (gone, _gone_rx) = Outbox::new(4);
+        hub.open(1, &early);
+        hub.open(2, &gone);
+        hub.ended(2);
+
+        assert_eq!(hub.close_all(Close::SHUTDOWN), 1);
+        let (late, mut late_rx) = Outbox::new(4);
+        hub.open(3, &late);
+
+        assert!(matches!(early_rx.next().await, Next::Close(c) if c == Close::SHUTDOWN));
+        assert!(matches!(late_rx.next().await, Next::Close(c) if c == Close::SHUTDOWN));
+        // A second shutdown reason does not replace the first.
+        assert_eq!(hub.close_all(Close::INTERNAL), 1);
+        assert!(matches!(early_rx.next().await, Next::Close(c) if c == Close::SHUTDOWN));
+    }
 }

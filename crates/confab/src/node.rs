@@ -82,7 +82,8 @@ pub struct Node {
     sequencer: Mutex<Option<Sequencer>>,
     sequencer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     receipts: Arc<Receipts>,
-    /// Cancelled when shutdown starts: sessions close with 1001.
+    /// Cancelled when shutdown starts: the hub then closes every session
+    /// with 1001 ([`Hub::close_all`]).
     pub shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -188,6 +189,13 @@ impl Node {
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
             metrics,
+        });
+        // However shutdown starts, every connection hears it through its
+        // own outbox and closes with 1001.
+        let (hub, shutdown) = (node.hub.clone(), node.shutdown.clone());
+        node.tracker.spawn(async move {
+            shutdown.cancelled().await;
+            hub.close_all(Close::SHUTDOWN);
         });
         let receipts_node = node.clone();
         node.tracker.spawn(async move {

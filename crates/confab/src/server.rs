@@ -49,8 +49,9 @@ pub async fn serve(
     ));
     let cancelled = node.shutdown.clone();
     cancelled.cancelled().await;
-    // Sessions see the same token and close with 1001; wait for them and
-    // for plain HTTP requests, each within the deadline.
+    // The hub closes every session with 1001 (`Node::start` ties it to the
+    // token); wait for them and for plain HTTP requests, each within the
+    // deadline.
     node.tracker.close();
     if tokio::time::timeout(deadline, node.tracker.wait())
         .await

@@ -1,8 +1,9 @@
 //! One WebSocket connection: a single task that reads commands, writes
 //! queued events and replies, keeps the heartbeat and enforces the limits.
 //!
-//! The loop `select!`s over, in priority order: shutdown, a kill (slow
-//! consumer, kick), queued events (written in one flush per batch, so
+//! The loop `select!`s over, in priority order: the order to close
+//! (shutdown, slow consumer, kick: all come through the connection's own
+//! outbox), queued events (written in one flush per batch, so
 //! several frames cost one syscall), finished acknowledgements (after the
 //! events, so a sender sees its message before its ack), the socket, and
 //! the heartbeat. Acks are awaited off the loop (in `pending`), so a
@@ -113,6 +114,7 @@ pub async fn run(node: Arc<Node>, handshake: Handshake, kind: Kind, _permit: Con
         _ => outbox,
     };
     let conn = node.hub.next_conn();
+    node.hub.open(conn, &outbox);
     let mut session = Session {
         limiter: RateLimiter::new(node.settings.rate_limit, node.settings.rate_burst),
         node,
@@ -197,11 +199,6 @@ impl Session {
     }
 
     async fn run(&mut self, socket: &mut WebSocket, rx: &mut Inbox) -> Option<Close> {
-        // Made once, not per turn of the loop: each turn would register
-        // with the shared token again and unregister after.
-        let shutdown = self.node.shutdown.clone();
-        let shutdown = shutdown.cancelled();
-        tokio::pin!(shutdown);
         let period = self.node.settings.ping_interval;
         // A timer in this future rather than an `Interval`, which boxes its
         // own: one allocation less per connection.
@@ -212,12 +209,13 @@ impl Session {
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => {
-                    Box::pin(finish_pending(socket, &mut pending)).await;
-                    return Some(Close::SHUTDOWN);
-                }
                 next = rx.next() => match next {
-                    Next::Close(close) => return Some(close),
+                    Next::Close(close) => {
+                        if close == Close::SHUTDOWN {
+                            Box::pin(finish_pending(socket, &mut pending)).await;
+                        }
+                        return Some(close);
+                    }
                     Next::Delivery(first) => {
                         if self.write_deliveries(socket, first, rx).await.is_err() {
                             return None;
@@ -791,8 +789,9 @@ impl Session {
         }
     }
 
-    /// Leaves every room and unregisters the user.
+    /// Leaves every room, unregisters the user and the connection.
     async fn cleanup(&mut self) {
+        self.node.hub.ended(self.conn);
         let Some(user) = self.user.take() else {
             return;
         };

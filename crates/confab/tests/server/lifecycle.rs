@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use crate::common::{settings_with, Client, TestServer};
 use confab::config::Overrides;
 
-/// Shutdown closes every client with 1001, and what was acknowledged is
-/// in the store afterwards.
+/// Shutdown closes every client with 1001 (one in a room, a tutorial one,
+/// and one that has not even said hello), and what was acknowledged is in
+/// the store afterwards.
 #[tokio::test]
 async fn shutdown_closes_clients_with_1001_and_keeps_acknowledged_messages() {
     let dir = tempfile::tempdir().unwrap();
@@ -21,12 +22,14 @@ async fn shutdown_closes_clients_with_1001_and_keeps_acknowledged_messages() {
     let server = TestServer::start(settings()).await;
     let (mut a, _) = server.member("a", "r").await;
     let mut plain = server.connect("/chat/").await;
+    let mut silent = server.connect("/socket").await;
     let (ack, _) = a.say("r", "keep me", "k").await;
 
     let started = Instant::now();
     let stopping = tokio::spawn(server.stop());
     assert_eq!(a.closed().await, 1001);
     assert_eq!(plain.closed().await, 1001);
+    assert_eq!(silent.closed().await, 1001);
     stopping.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
 
