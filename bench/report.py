@@ -376,14 +376,23 @@ def main():
     elif "confab" not in servers:
         L.append("No Confab figures in this run, so no ratios.")
         L.append("")
-    c2 = steps.get(("confab", "S2")) or []
-    lags = [s["send_lag_ms"]["p99"] for s in c2 if s.get("send_lag_ms")]
-    if lags and max(lags) > 20:
-        L.append(f"Note on Confab S2: the publishers' send lag (how late a paced send went "
-                 f"out) reached p99 {max(lags):.0f} ms even at low rates, while the load "
-                 "generator was nearly idle: Confab stopped reading the publishers' sockets for "
-                 "that long, so the latency there is the server's, not the bench's.")
-        L.append("")
+    # A paced send that goes out late, while neither the server nor the bench
+    # is near a full core, means the server stopped reading its publishers
+    # (TCP pushed back on the bench's write): the latency there is the
+    # server's. Saturated steps lag anyway, so they are left out.
+    for (server, sc), st in sorted(steps.items()):
+        lagging = [s for s in st if s.get("send_lag_ms") and s["send_lag_ms"]["p99"] > 20
+                   and (s.get("server") or {}).get("cpu_util", 1) < 0.9
+                   and not s.get("bench_saturated")]
+        if lagging:
+            worst = max(lagging, key=lambda s: s["send_lag_ms"]["p99"])
+            L.append(f"Note on {SERVER_NAMES.get(server, server)} {sc}: in {len(lagging)} "
+                     f"step(s) below saturation the publishers' paced sends went out late "
+                     f"(send lag p99 up to {worst['send_lag_ms']['p99']:.0f} ms at "
+                     f"{fmt_int(worst['offered_deliveries_per_s'])} deliveries/s): the server "
+                     "stopped reading the publishers' sockets for that long, so the latency "
+                     "there is the server's, not the bench's.")
+            L.append("")
     svg_name = a.svg_link
     L.append(f"![p99 latency against offered load]({svg_name})")
     L.append("")
