@@ -99,7 +99,7 @@ impl Hub {
     /// now on; returns how many were open.
     pub fn close_all(&self, close: Close) -> usize {
         let mut open = self.open.lock();
-        open.closing.get_or_insert(close);
+        let close = *open.closing.get_or_insert(close);
         open.conns.values().for_each(|o| o.kill(close));
         open.conns.len()
     }
@@ -243,8 +243,11 @@ mod tests {
 
         assert!(matches!(early_rx.next().await, Next::Close(c) if c == Close::SHUTDOWN));
         assert!(matches!(late_rx.next().await, Next::Close(c) if c == Close::SHUTDOWN));
-        // A second shutdown reason does not replace the first.
+        // A second reason does not replace the first, for later ones either.
         assert_eq!(hub.close_all(Close::INTERNAL), 1);
+        let (later, mut later_rx) = Outbox::new(4);
+        hub.open(4, &later);
         assert!(matches!(early_rx.next().await, Next::Close(c) if c == Close::SHUTDOWN));
+        assert!(matches!(later_rx.next().await, Next::Close(c) if c == Close::SHUTDOWN));
     }
 }
