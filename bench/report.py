@@ -84,8 +84,8 @@ def spread(xs, fmt):
 
 
 def fixed_figures(runs):
-    """Medians over the rounds of one fixed load: p50, p99, max latency and
-    server CPU per delivery, plus the runs themselves."""
+    """The rounds of one fixed load: their p50, p99 and max latency, server
+    CPU per delivery, and the deliveries lost in all."""
     lat = [r.get("latency_ms") or {} for r in runs if r.get("latency_ms")]
     cpu = [(r.get("server") or {}).get("cpu_us_per_delivery") for r in runs]
     return {
@@ -94,7 +94,6 @@ def fixed_figures(runs):
         "max": [l["max"] for l in lat],
         "cpu": [c for c in cpu if c is not None],
         "lost": sum(r.get("lost", 0) for r in runs),
-        "runs": runs,
     }
 
 
@@ -102,8 +101,9 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def targets(steps, conns):
-    """The issue's targets, computed from this run: [(target, Confab, peers, met)]."""
+def targets(steps, fixed, conns):
+    """The issue's targets, computed from this run: [(target, Confab, peers, met)].
+    `fixed` maps (server, fixed load) to its `fixed_figures`."""
     out = []
 
     def knee(server, sc, bound):
@@ -123,10 +123,8 @@ def targets(steps, conns):
                if r100 else ""),
             "yes" if r and r >= 3 else "**no**",
         ))
-    fx = {k: fixed_figures(v) for k, v in steps.items() if k[1] in ("S1@1k", "S1@100k")}
-
     def med(server, sc, key):
-        f = fx.get((server, sc))
+        f = fixed.get((server, sc))
         return median(f[key]) if f else None
 
     c100k, n100k = med("confab", "S1@100k", "cpu"), med("node", "S1@100k", "cpu")
@@ -173,7 +171,7 @@ def targets(steps, conns):
             "yes" if r >= 1 else "**no**",
         ))
     below = [s for (server, sc), st in steps.items() if server.startswith("confab")
-             for s in st if held(s, 1e18, 100) and not s.get("bench_saturated")]
+             for s in st if held(s, float("inf"), 100) and not s.get("bench_saturated")]
     lost = sum(s.get("lost", 0) for s in below)
     dup = sum(s.get("duplicates", 0) for s in below)
     out.append((
@@ -360,7 +358,7 @@ def main():
         for peer in ("node", "django"):
             p = best100.get((peer, sc))
             if c and p:
-                r = c["offered_deliveries_per_s"] / p["offered_deliveries_per_s"]
+                r = ratio(c["offered_deliveries_per_s"], p["offered_deliveries_per_s"])
                 cu = (c.get("server") or {}).get("cpu_us_per_delivery")
                 pu = (p.get("server") or {}).get("cpu_us_per_delivery")
                 cpu = (f"; server CPU per delivery {cu:.2f} us against {pu:.2f} us"
@@ -398,15 +396,15 @@ def main():
     L.append("")
 
     # ---- fixed loads
+    fixed = {k: fixed_figures(v) for k, v in steps.items() if k[1] in ("S1@1k", "S1@100k")}
     fixed_rows = []
     for server in servers:
         for sc, rate_label in (("S1@1k", "1,000"), ("S1@100k", "100,000")):
-            runs = steps.get((server, sc), [])
-            if not runs:
+            f = fixed.get((server, sc))
+            if not f:
                 continue
-            f = fixed_figures(runs)
             fixed_rows.append(
-                f"| {SERVER_NAMES.get(server, server)} | {rate_label} | {len(runs)} "
+                f"| {SERVER_NAMES.get(server, server)} | {rate_label} | {len(steps[(server, sc)])} "
                 f"| {f['lost']} | {spread(f['p50'], fmt_ms)} | {spread(f['p99'], fmt_ms)} "
                 f"| {spread(f['max'], fmt_ms)} | {spread(f['cpu'], lambda x: f'{x:.2f}')} |")
     if fixed_rows:
@@ -431,7 +429,7 @@ def main():
         L.append("")
         L.append("| target | Confab | peers | met |")
         L.append("|---|---|---|---|")
-        for t in targets(steps, conns):
+        for t in targets(steps, fixed, conns):
             L.append("| " + " | ".join(t) + " |")
         L.append("")
 

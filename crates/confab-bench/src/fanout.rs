@@ -816,11 +816,12 @@ pub async fn sweep(
     mut on_step: impl FnMut(&Value),
 ) -> anyhow::Result<Value> {
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut best: [Option<Value>; 2] = [None, None];
+    // Each outcome's summary, for the knees reported at the end.
+    let mut summaries: Vec<Value> = Vec::new();
     let mut steps = 0;
     // One step at `rate`; `None` when the run itself failed (the error is
     // reported as a step and the sweep ends).
-    let mut step = async |rate: f64| -> Option<Outcome> {
+    let mut step = async |rate: f64| -> Option<(Outcome, Value)> {
         steps += 1;
         let mut c = cfg.clone();
         c.rate = rate;
@@ -847,28 +848,21 @@ pub async fn sweep(
             "p99_ms": outcome.p99_ms, "loss_pct": res["loss_pct"],
             "bench_saturated": res["bench_saturated"],
         });
-        for (slot, bound) in best.iter_mut().zip(BOUNDS_MS) {
-            let higher = slot
-                .as_ref()
-                .is_none_or(|b| b["rate"].as_f64().unwrap_or(0.0) < rate);
-            if outcome.held(bound) && higher {
-                *slot = Some(summary.clone());
-            }
-        }
         // Give the server a moment to settle between steps.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        Some(outcome)
+        Some((outcome, summary))
     };
 
     let mut rate = sw.start;
     let mut retried = false;
     let mut failed = false;
     for _ in 0..sw.max_steps {
-        let Some(outcome) = step(rate).await else {
+        let Some((outcome, summary)) = step(rate).await else {
             failed = true;
             break;
         };
         outcomes.push(outcome);
+        summaries.push(summary);
         if !outcome.held(BOUNDS_MS[1]) {
             // One retry of a failed step, so that a warm-up hiccup (a JIT, a
             // first garbage collection) does not end the sweep.
@@ -888,15 +882,25 @@ pub async fn sweep(
                 let Some(rate) = probe(&outcomes, bound) else {
                     break;
                 };
-                let Some(outcome) = step(rate).await else {
+                let Some((outcome, summary)) = step(rate).await else {
                     break 'bounds;
                 };
                 outcomes.push(outcome);
+                summaries.push(summary);
                 refined += 1;
             }
         }
     }
-    let [best10, best100] = best;
+    // The highest rate held within each bound (refining steps may lie
+    // below it).
+    let [best10, best100] = BOUNDS_MS.map(|bound| {
+        outcomes
+            .iter()
+            .zip(&summaries)
+            .filter(|(o, _)| o.held(bound))
+            .max_by(|(a, _), (b, _)| a.rate.total_cmp(&b.rate))
+            .map(|(_, summary)| summary.clone())
+    });
     Ok(json!({
         "kind": "sweep",
         "label": cfg.label,
