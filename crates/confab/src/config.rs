@@ -104,6 +104,9 @@ pub struct Overrides {
     /// Messages replayed on join without `since` [default: 50]
     #[arg(long, env = "CONFAB_HISTORY_REPLAY", value_name = "N")]
     pub history_replay: Option<u32>,
+    /// Newest messages kept per room and per recipient of direct messages; older ones are deleted; 0 keeps all [default: 0, or 10000 with sqlite::memory:]
+    #[arg(long, env = "CONFAB_HISTORY_KEEP", value_name = "N")]
+    pub history_keep: Option<u32>,
     /// HS256 secret; when set, clients must present a token whose `sub` is their name [default: none]
     #[arg(
         long,
@@ -179,6 +182,8 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Messages replayed on join.
     pub history_replay: u32,
+    /// Newest messages kept per room and per recipient (0: all).
+    pub history_keep: u32,
     /// Token secret, if tokens are required.
     pub token_secret: Option<Secret>,
     /// Log format.
@@ -237,6 +242,7 @@ impl Overrides {
             outbound_queue,
             ping_interval,
             history_replay,
+            history_keep,
             token_secret,
             log_format,
             shutdown_timeout,
@@ -269,13 +275,21 @@ impl Settings {
 
     /// Applies defaults and checks the result.
     pub fn from_overrides(o: Overrides) -> anyhow::Result<Settings> {
+        let store = o
+            .store
+            .unwrap_or_else(|| "sqlite://confab-data/confab.db".into());
+        // A store in memory is bounded by default: it holds every message
+        // in the process, and nothing of it outlives the process anyway.
+        let history_keep = o.history_keep.unwrap_or(if store.contains(":memory:") {
+            10_000
+        } else {
+            0
+        });
         let s = Settings {
             listen: o
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:8000".parse().expect("valid")),
-            store: o
-                .store
-                .unwrap_or_else(|| "sqlite://confab-data/confab.db".into()),
+            store,
             broker: o.broker.unwrap_or_else(|| "memory".into()),
             allowed_origins: o.allowed_origins.unwrap_or_default(),
             max_connections: o.max_connections.unwrap_or(10_000),
@@ -287,6 +301,7 @@ impl Settings {
             outbound_queue: o.outbound_queue.unwrap_or(1024),
             ping_interval: Duration::from_secs(o.ping_interval.unwrap_or(20)),
             history_replay: o.history_replay.unwrap_or(50),
+            history_keep,
             token_secret: o.token_secret,
             log_format: o.log_format.unwrap_or(LogFormat::Text),
             shutdown_timeout: Duration::from_secs(o.shutdown_timeout.unwrap_or(10)),
@@ -392,6 +407,23 @@ mod tests {
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.store, "sqlite::memory:");
         assert_eq!(s.rate_burst, 40);
+    }
+
+    #[test]
+    fn a_store_in_memory_keeps_a_bounded_history_unless_told_otherwise() {
+        let with = |store: &str, keep: Option<u32>| {
+            Settings::from_overrides(Overrides {
+                store: Some(store.into()),
+                history_keep: keep,
+                ..Overrides::default()
+            })
+            .unwrap()
+            .history_keep
+        };
+        assert_eq!(with("sqlite::memory:", None), 10_000);
+        assert_eq!(with("sqlite::memory:", Some(0)), 0);
+        assert_eq!(with("sqlite://data/chat.db", None), 0);
+        assert_eq!(with("sqlite://data/chat.db", Some(500)), 500);
     }
 
     #[test]

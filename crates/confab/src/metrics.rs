@@ -228,7 +228,7 @@ impl OpStats {
     }
 }
 
-const STORE_OPS: [&str; 11] = [
+const STORE_OPS: [&str; 12] = [
     "append",
     "room_page",
     "dm_page",
@@ -240,6 +240,7 @@ const STORE_OPS: [&str; 11] = [
     "room_heads",
     "ping",
     "idempotency",
+    "prune",
 ];
 const BROKER_OPS: [&str; 9] = [
     "publish",
@@ -759,6 +760,14 @@ impl Store for TimedStore {
             .store
             .timed(10, self.inner.prune_keys(before_ms))
             .await
+    }
+    async fn prune_room(&self, room: &RoomName, upto: i64) -> store::Result<u64> {
+        let fut = self.inner.prune_room(room, upto);
+        self.metrics.store.timed(11, fut).await
+    }
+    async fn prune_dms(&self, user: &UserName, keep: u32) -> store::Result<u64> {
+        let fut = self.inner.prune_dms(user, keep);
+        self.metrics.store.timed(11, fut).await
     }
     async fn close(&self) {
         self.inner.close().await

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox};
 use crate::protocol::codes::{Close, ErrorCode};
 use crate::protocol::{Event, PresenceChange, RoomMessage, RoomName, Topic, UserName};
-use crate::sequencer::Sequencer;
+use crate::sequencer::{Retention, Sequencer};
 use crate::store::{self, Draft, PageQuery, Store, StoreError, Stored};
 
 /// A failure a client is told about.
@@ -175,8 +175,12 @@ impl Node {
         let broker =
             metrics.instrument_broker(broker::connect(&settings, deliver, store.clone()).await?);
         let counted = metrics.clone();
-        let (sequencer, sequencer_task) =
-            Sequencer::start(store.clone(), broker.clone(), move |s| counted.stored(s));
+        let (sequencer, sequencer_task) = Sequencer::start(
+            store.clone(),
+            broker.clone(),
+            Retention::keep(settings.history_keep),
+            move |s| counted.stored(s),
+        );
         let node = Arc::new(Node {
             settings,
             hub,

@@ -6,6 +6,9 @@
 //! the stored messages in id order and answers each sender. So a message
 //! is never delivered or acknowledged before it is stored, ids increase in
 //! delivery order, and under load many messages share one commit.
+//!
+//! With a [`Retention`], the sequencer also deletes what falls out of the
+//! history window, once a batch is answered.
 
 use std::sync::Arc;
 
@@ -13,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Broker;
 use crate::outbox::Delivery;
-use crate::protocol::{Event, Topic};
+use crate::protocol::{Event, RoomName, Topic, UserName};
 use crate::store::{Draft, Store, StoreError, Stored};
 
 /// The most drafts stored in one transaction.
@@ -21,6 +24,62 @@ pub const MAX_BATCH: usize = 512;
 
 /// How many drafts may wait for the sequencer; senders wait beyond that.
 const QUEUE: usize = 8192;
+
+/// How much history is kept (`--history-keep`): the newest `keep`
+/// messages of each room and to each user; 0 keeps all.
+///
+/// A room is pruned whenever its id reaches a multiple of a sixteenth of
+/// the window, so it holds at most `keep + keep / 16` messages, and the
+/// cost is one range delete per `keep / 16` messages. Direct-message ids
+/// are server-wide, so the user whose message draws such an id has their
+/// inbox pruned: a user with a share `p` of the traffic is pruned every
+/// `keep / 16` of their own messages on average.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    keep: u32,
+}
+
+/// What falls out of the window after one stored message.
+#[derive(Debug, PartialEq, Eq)]
+enum Prune {
+    /// The room's messages with ids up to this one.
+    Room(RoomName, i64),
+    /// The user's direct messages beyond the newest `keep`.
+    Dms(UserName),
+}
+
+impl Retention {
+    /// Keep the newest `keep` messages per room and per recipient (0: all).
+    pub fn keep(keep: u32) -> Self {
+        Self { keep }
+    }
+
+    /// What to prune once `stored` is in the store.
+    fn due(self, stored: &Stored) -> Option<Prune> {
+        let keep = i64::from(self.keep);
+        let every = (keep / 16).max(1);
+        match stored {
+            _ if keep == 0 => None,
+            Stored::Room(m) if m.id % every == 0 && m.id > keep => {
+                Some(Prune::Room(m.room.clone(), m.id - keep))
+            }
+            Stored::Direct(d) if d.id % every == 0 => Some(Prune::Dms(d.to.clone())),
+            _ => None,
+        }
+    }
+
+    async fn prune(self, store: &dyn Store, what: Prune) {
+        let done = match &what {
+            Prune::Room(room, upto) => store.prune_room(room, *upto).await,
+            Prune::Dms(user) => store.prune_dms(user, self.keep).await,
+        };
+        if let Err(err) = done {
+            // Retried in effect: the next prune of the same room or user
+            // covers what this one would have deleted.
+            tracing::warn!(error = %err, ?what, "history prune failed");
+        }
+    }
+}
 
 struct Job {
     draft: Draft,
@@ -39,10 +98,11 @@ impl Sequencer {
     pub fn start(
         store: Arc<dyn Store>,
         broker: Arc<dyn Broker>,
+        retention: Retention,
         on_stored: impl Fn(&Stored) + Send + 'static,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(rx, store, broker, on_stored));
+        let task = tokio::spawn(run(rx, store, broker, retention, on_stored));
         (Self { tx }, task)
     }
 
@@ -62,6 +122,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
+    retention: Retention,
     on_stored: impl Fn(&Stored),
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
@@ -84,10 +145,14 @@ async fn run(
             jobs.drain(..).map(|j| (j.draft, j.reply)).unzip();
         match store.append(&drafts).await {
             Ok(stored) => {
+                let due: Vec<Prune> = stored.iter().filter_map(|s| retention.due(s)).collect();
                 for (reply, stored) in replies.into_iter().zip(stored) {
                     on_stored(&stored);
                     publish(&*broker, &stored).await;
                     let _ = reply.send(Ok(stored));
+                }
+                for what in due {
+                    retention.prune(&*store, what).await;
                 }
             }
             Err(err) => {
@@ -119,5 +184,66 @@ async fn publish(broker: &dyn Broker, stored: &Stored) {
         if let Err(err) = broker.publish(&topic, delivery.clone()).await {
             tracing::warn!(error = %err, ?topic, "publish failed; message is stored");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{DirectMessage, RoomMessage};
+
+    fn room(id: i64) -> Stored {
+        Stored::Room(RoomMessage {
+            room: RoomName::parse("lobby").unwrap(),
+            id,
+            from: UserName::parse("ann").unwrap(),
+            body: "hi".into(),
+            ts: 0,
+            client_id: None,
+        })
+    }
+
+    fn dm(id: i64) -> Stored {
+        Stored::Direct(DirectMessage {
+            id,
+            from: UserName::parse("ann").unwrap(),
+            to: UserName::parse("bob").unwrap(),
+            body: "hi".into(),
+            ts: 0,
+            client_id: None,
+        })
+    }
+
+    #[test]
+    fn a_room_is_pruned_every_sixteenth_of_its_window_once_past_it() {
+        let r = Retention::keep(160);
+        let due: Vec<i64> = (1..=400)
+            .filter_map(|id| match r.due(&room(id)) {
+                Some(Prune::Room(_, upto)) => Some(upto),
+                _ => None,
+            })
+            .collect();
+        // Ids 170, 180, … 400: each prune leaves the newest 160.
+        assert_eq!(due.first(), Some(&10));
+        assert_eq!(due.last(), Some(&240));
+        assert_eq!(due.len(), 24);
+    }
+
+    #[test]
+    fn nothing_is_pruned_when_everything_is_kept() {
+        let r = Retention::keep(0);
+        assert!((1..=1000).all(|id| r.due(&room(id)).is_none() && r.due(&dm(id)).is_none()));
+    }
+
+    #[test]
+    fn a_recipient_is_pruned_when_their_message_draws_a_multiple() {
+        let r = Retention::keep(32);
+        assert_eq!(r.due(&dm(3)), None);
+        assert_eq!(
+            r.due(&dm(4)),
+            Some(Prune::Dms(UserName::parse("bob").unwrap()))
+        );
+        // A small window prunes on every message.
+        assert!(Retention::keep(5).due(&dm(7)).is_some());
     }
 }

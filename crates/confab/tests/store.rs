@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use confab::protocol::{RoomName, UserName};
+use confab::protocol::{RoomMessage, RoomName, UserName};
 use confab::store::idempotency::{KeyClaim, KeyRecord};
-use confab::store::{self, Draft, PageQuery, Store, Stored};
+use confab::store::{self, Draft, PageQuery, Paged, Store, Stored};
 
 fn room(s: &str) -> RoomName {
     RoomName::parse(s).unwrap()
@@ -144,6 +144,59 @@ async fn contract(s: Arc<dyn Store>) {
     s.ping().await.unwrap();
 }
 
+/// Pruning deletes what falls out of the window and nothing else: a
+/// room's ids up to the bound, a user's direct messages beyond the newest
+/// `keep`, and ids go on from where they were.
+async fn pruning(s: Arc<dyn Store>) {
+    let batch: Vec<Draft> = (0..10)
+        .map(|i| say("p", "ann", &i.to_string()))
+        .chain((0..5).map(|i| dm("ann", "bob", &format!("d{i}"))))
+        .chain([say("q", "ann", "other room"), dm("bob", "ann", "reply")])
+        .collect();
+    let stored = s.append(&batch).await.unwrap();
+    let room_ids = |page: Paged<RoomMessage>| page.items.iter().map(|m| m.id).collect::<Vec<_>>();
+    let all = PageQuery {
+        limit: 100,
+        ..PageQuery::default()
+    };
+
+    assert_eq!(s.prune_room(&room("p"), 6).await.unwrap(), 6);
+    assert_eq!(s.prune_room(&room("p"), 6).await.unwrap(), 0);
+    assert_eq!(
+        room_ids(s.room_page(&room("p"), all).await.unwrap()),
+        [7, 8, 9, 10]
+    );
+    assert_eq!(room_ids(s.room_page(&room("q"), all).await.unwrap()), [1]);
+
+    // Bob keeps his newest 2; what Ann was sent is not his to lose.
+    assert_eq!(s.prune_dms(&user("bob"), 2).await.unwrap(), 3);
+    assert_eq!(s.prune_dms(&user("bob"), 2).await.unwrap(), 0);
+    assert_eq!(s.prune_dms(&user("cy"), 2).await.unwrap(), 0);
+    let conv = s.dm_page(&user("ann"), &user("bob"), all).await.unwrap();
+    assert_eq!(
+        conv.items
+            .iter()
+            .map(|d| d.body.as_str())
+            .collect::<Vec<_>>(),
+        ["d3", "d4", "reply"]
+    );
+    let last_dm = stored.last().unwrap().id_ts().0;
+
+    let next = s
+        .append(&[say("p", "ann", "next"), dm("ann", "bob", "d5")])
+        .await
+        .unwrap();
+    assert_eq!(ids(&next)[0], 11);
+    assert!(ids(&next)[1] > last_dm);
+    let heads = s.room_heads().await.unwrap();
+    assert!(
+        heads
+            .iter()
+            .any(|(r, id, _)| r.as_str() == "p" && *id == 11),
+        "{heads:?}"
+    );
+}
+
 fn claim(key: &str, target: &str, created_at: i64) -> KeyClaim {
     KeyClaim {
         key: key.into(),
@@ -252,6 +305,7 @@ async fn concurrent_appends(s: Arc<dyn Store>) {
 async fn sqlite_keeps_the_store_contract() {
     contract(store::open("sqlite::memory:").await.unwrap()).await;
     idempotency_keys(store::open("sqlite::memory:").await.unwrap()).await;
+    pruning(store::open("sqlite::memory:").await.unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/c.db", dir.path().display());
     concurrent_appends(store::open(&url).await.unwrap()).await;
@@ -310,6 +364,12 @@ async fn postgres_keeps_the_store_contract() {
     idempotency_keys(s.clone()).await;
     concurrent_appends(s.clone()).await;
     s.close().await;
+    // Pruning on a database of its own: the contract's rooms are taken.
+    let pruned_db = TempDb::create(&admin).await;
+    let p = store::open(&pruned_db.url).await.unwrap();
+    pruning(p.clone()).await;
+    p.close().await;
+    pruned_db.drop_now().await;
     // Migrations are applied once: a second node opening it is fine.
     let again = store::open(&db.url).await.unwrap();
     again.ping().await.unwrap();

@@ -219,6 +219,11 @@ pub trait Store: Send + Sync + 'static {
     async fn release_key(&self, key: &str) -> Result<()>;
     /// Forgets keys claimed before `before_ms`; returns how many.
     async fn prune_keys(&self, before_ms: i64) -> Result<u64>;
+    /// Deletes `room`'s messages with ids up to `upto`; returns how many.
+    async fn prune_room(&self, room: &RoomName, upto: i64) -> Result<u64>;
+    /// Deletes the direct messages to `user` older than the newest
+    /// `keep`; returns how many.
+    async fn prune_dms(&self, user: &UserName, keep: u32) -> Result<u64>;
     /// Flushes and closes.
     async fn close(&self);
 }
@@ -508,6 +513,31 @@ macro_rules! shared_queries {
                         ))
                     })
                     .collect()
+            }
+
+            pub(crate) async fn prune_room(pool: &$pool, room: &RoomName, upto: i64) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM messages WHERE room = $1 AND id <= $2")
+                    .bind(room.as_str())
+                    .bind(upto)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            pub(crate) async fn prune_dms(pool: &$pool, user: &UserName, keep: u32) -> Result<u64> {
+                // The subquery is the id of the `keep`th newest (NULL, so
+                // nothing goes, while there are fewer); both walk the
+                // (recipient, id) index.
+                let done = sqlx::query(
+                    "DELETE FROM direct_messages WHERE recipient = $1 AND id < \
+                     (SELECT id FROM direct_messages WHERE recipient = $1 \
+                      ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                )
+                .bind(user.as_str())
+                .bind(i64::from(keep.max(1)) - 1)
+                .execute(pool)
+                .await?;
+                Ok(done.rows_affected())
             }
 
             pub(crate) async fn ping(pool: &$pool) -> Result<()> {

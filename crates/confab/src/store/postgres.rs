@@ -229,6 +229,14 @@ impl Store for PostgresStore {
         keys::prune(&self.pool, before_ms).await
     }
 
+    async fn prune_room(&self, room: &RoomName, upto: i64) -> Result<u64> {
+        queries::prune_room(&self.pool, room, upto).await
+    }
+
+    async fn prune_dms(&self, user: &UserName, keep: u32) -> Result<u64> {
+        queries::prune_dms(&self.pool, user, keep).await
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

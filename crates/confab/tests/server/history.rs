@@ -117,3 +117,31 @@ async fn dm_since_resumes_direct_messages_across_a_restart() {
     let page = bob.expect("history").await;
     assert_eq!(bodies(&page["messages"]), ["one", "two", "three"]);
 }
+
+/// With `--history-keep`, a room keeps its newest messages, older ones are
+/// deleted, and ids go on where they were.
+#[tokio::test]
+async fn a_room_keeps_only_its_newest_messages() {
+    let server = TestServer::start(settings_with(Overrides {
+        history_keep: Some(16),
+        rate_limit: Some(0),
+        ..Overrides::default()
+    }))
+    .await;
+    let (mut a, _) = server.member("a", "r").await;
+    for i in 1..=40 {
+        a.say("r", &format!("m{i}"), &format!("c{i}")).await;
+    }
+    // The sequencer prunes once it has answered a batch, before it takes
+    // the next one: when this lands, what m40 pushed out is gone.
+    a.join("other", None).await;
+    a.say("other", "sync", "s").await;
+
+    let mut b = server.native("b").await;
+    let joined = b.join("r", Some(0)).await;
+    let expected: Vec<String> = (25..=40).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies(&joined["history"]), expected);
+    assert_eq!(joined["more"], false);
+    let (_, next) = a.say("r", "m41", "c41").await;
+    assert_eq!(next["id"], 41);
+}
