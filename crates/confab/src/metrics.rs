@@ -463,7 +463,7 @@ impl Metrics {
         gauge(
             o,
             "confab_users_online",
-            "Users with at least one connection on this node.",
+            "Named users with at least one connection on this node (guests are not counted).",
             users as f64,
         );
 

@@ -258,17 +258,23 @@ impl Node {
         user: &UserName,
         outbox: Outbox,
     ) -> Result<(), Refusal> {
-        // A guest is nobody's correspondent: registering it would only
-        // grow the users table by a row per anonymous connection.
-        if !user.is_guest() {
-            self.store.register_user(user).await?;
+        // A guest is nobody's correspondent: no direct message or typing
+        // can be sent to it, and no kick can name it. Registering it would
+        // only grow the users table by a row per anonymous connection, and
+        // its own topic would cost a hub entry per connection and, in a
+        // cluster, a Redis subscription each.
+        if user.is_guest() {
+            return Ok(());
         }
+        self.store.register_user(user).await?;
         self.attach(Topic::User(user.clone()), conn, outbox).await
     }
 
     /// Unregisters a connection's user.
     pub fn forget(&self, conn: ConnId, user: &UserName) {
-        self.detach(&Topic::User(user.clone()), conn);
+        if !user.is_guest() {
+            self.detach(&Topic::User(user.clone()), conn);
+        }
     }
 
     /// Joins `conn` to `room`: it receives the room's events from now on,

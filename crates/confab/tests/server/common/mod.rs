@@ -113,7 +113,9 @@ pub struct Client {
 impl Client {
     /// Connects, failing the test if it cannot.
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
         Client { ws }
     }
 
