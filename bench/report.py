@@ -61,8 +61,16 @@ def held(step, max_loss, p99_max):
 
 
 def best(steps, p99_max, max_loss=0.1):
-    ok = [s for s in steps if held(s, max_loss, p99_max)]
-    return max(ok, key=lambda s: s["offered_deliveries_per_s"]) if ok else None
+    """The knee: the highest offered load at which every step held (a load
+    tried twice, held once and not the other time, does not count), as the
+    worst of its steps (highest p99)."""
+    at = {}
+    for s in steps:
+        at.setdefault(s["offered_deliveries_per_s"], []).append(s)
+    ok = [load for load, ss in at.items() if all(held(s, max_loss, p99_max) for s in ss)]
+    if not ok:
+        return None
+    return max(at[max(ok)], key=lambda s: (s.get("latency_ms") or {}).get("p99", 0))
 
 
 def median(xs):
@@ -315,7 +323,10 @@ def main():
              f"by x{meta['factor']} per step ({meta['duration']} s of sending per step) until "
              "p99 exceeds 100 ms or loss exceeds 0.1%, then narrows each knee (p99 <= 10 ms "
              "and <= 100 ms) with steps at the geometric middle of the highest rate held and "
-             "the lowest rate above it that was not. \"Held\" means p99 within the bound and "
+             "the lowest rate above it that was not, then repeats the step that sets each knee "
+             f"(up to {meta.get('confirm', 0)} repeats per knee): a rate counts only if every "
+             "step at it held, so when a repeat fails the knee falls to the next rate down, "
+             "which is repeated in turn. \"Held\" means p99 within the bound and "
              "loss at most 0.1%. Server CPU is read from `/proc/<pid>/stat` over the window; "
              "server memory from `/proc/<pid>/status` (VmRSS). When the load generator itself "
              "used more than 90% of its core, the step is marked *bench saturated*: the "

@@ -765,6 +765,9 @@ pub struct SweepCfg {
     /// between the highest rate held within the bound and the lowest rate
     /// above it that was not.
     pub refine: usize,
+    /// Repeats per latency bound, after refining, of the step that sets
+    /// the knee: a rate counts only if every step at it held.
+    pub confirm: usize,
 }
 
 /// The latency bounds a sweep reports a knee for, in ms.
@@ -785,14 +788,28 @@ impl Outcome {
     }
 }
 
-/// The knee at `bound_ms` lies between the highest rate held within it and
-/// the lowest rate above that which was not: that pair, if both exist.
-fn bracket(outcomes: &[Outcome], bound_ms: f64) -> Option<(f64, f64)> {
-    let lo = outcomes
+/// The knee at `bound_ms`: the highest rate at which every step held (a
+/// rate tried twice, once held and once not, does not count).
+fn knee(outcomes: &[Outcome], bound_ms: f64) -> Option<f64> {
+    let at = |rate: f64| outcomes.iter().filter(move |o| o.rate == rate);
+    outcomes
         .iter()
-        .filter(|o| o.held(bound_ms))
         .map(|o| o.rate)
-        .reduce(f64::max)?;
+        .filter(|&rate| at(rate).all(|o| o.held(bound_ms)))
+        .reduce(f64::max)
+}
+
+/// The next rate to repeat so that the knee at `bound_ms` rests on two
+/// steps: the knee itself while it has only one.
+fn unconfirmed(outcomes: &[Outcome], bound_ms: f64) -> Option<f64> {
+    let rate = knee(outcomes, bound_ms)?;
+    (outcomes.iter().filter(|o| o.rate == rate).count() < 2).then_some(rate)
+}
+
+/// The knee at `bound_ms` lies between [`knee`] and the lowest rate above
+/// it that was not held: that pair, if both exist.
+fn bracket(outcomes: &[Outcome], bound_ms: f64) -> Option<(f64, f64)> {
+    let lo = knee(outcomes, bound_ms)?;
     let hi = outcomes
         .iter()
         .filter(|o| o.rate > lo && !o.held(bound_ms))
@@ -891,15 +908,39 @@ pub async fn sweep(
             }
         }
     }
-    // The highest rate held within each bound (refining steps may lie
-    // below it).
+    // On a noisy host one lucky step can set a knee: repeat it, and if the
+    // repeat fails, that rate no longer counts and the next one down is
+    // repeated in turn.
+    let mut confirmed = 0;
+    if !failed {
+        'confirm: for bound in BOUNDS_MS {
+            for _ in 0..sw.confirm {
+                let Some(rate) = unconfirmed(&outcomes, bound) else {
+                    break;
+                };
+                let Some((outcome, summary)) = step(rate).await else {
+                    break 'confirm;
+                };
+                outcomes.push(outcome);
+                summaries.push(summary);
+                confirmed += 1;
+            }
+        }
+    }
+    // Each knee, with the worst of its steps and how many there were.
     let [best10, best100] = BOUNDS_MS.map(|bound| {
-        outcomes
+        let rate = knee(&outcomes, bound)?;
+        let at: Vec<_> = outcomes
             .iter()
             .zip(&summaries)
-            .filter(|(o, _)| o.held(bound))
-            .max_by(|(a, _), (b, _)| a.rate.total_cmp(&b.rate))
-            .map(|(_, summary)| summary.clone())
+            .filter(|(o, _)| o.rate == rate)
+            .collect();
+        let (_, worst) = at
+            .iter()
+            .max_by(|(a, _), (b, _)| a.p99_ms.total_cmp(&b.p99_ms))?;
+        let mut summary = (*worst).clone();
+        summary["runs"] = json!(at.len());
+        Some(summary)
     });
     Ok(json!({
         "kind": "sweep",
@@ -910,6 +951,7 @@ pub async fn sweep(
         "best_p99_100ms": best100,
         "steps": steps,
         "refined": refined,
+        "confirmed": confirmed,
     }))
 }
 
@@ -956,6 +998,27 @@ mod tests {
         assert_eq!(bracket(&steps, 100.0), Some((409.6, 655.4)));
         let mid = probe(&steps, 10.0).unwrap();
         assert!((mid - (256.0f64 * 409.6).sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_rate_counts_for_a_knee_only_if_every_step_at_it_held() {
+        let mut steps = vec![
+            outcome(100.0, 2.0),
+            outcome(160.0, 8.0),
+            outcome(256.0, 30.0),
+        ];
+        assert_eq!(knee(&steps, 10.0), Some(160.0));
+        assert_eq!(unconfirmed(&steps, 10.0), Some(160.0));
+        // Its repeat fails: the knee falls to the rate below, which then
+        // needs a repeat of its own.
+        steps.push(outcome(160.0, 14.0));
+        assert_eq!(knee(&steps, 10.0), Some(100.0));
+        assert_eq!(bracket(&steps, 10.0), Some((100.0, 160.0)));
+        assert_eq!(unconfirmed(&steps, 10.0), Some(100.0));
+        steps.push(outcome(100.0, 3.0));
+        assert_eq!(unconfirmed(&steps, 10.0), None);
+        // The 100 ms bound is untouched by the 10 ms repeats.
+        assert_eq!(knee(&steps, 100.0), Some(256.0));
     }
 
     #[test]

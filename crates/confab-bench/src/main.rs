@@ -64,6 +64,10 @@ enum Cmd {
         /// steps, each halving the gap around it (in log space).
         #[arg(long, default_value_t = 2)]
         refine: usize,
+        /// Repeats per knee after refining: a knee's rate counts only if
+        /// every step at it held, so a lucky step is tried again.
+        #[arg(long, default_value_t = 2)]
+        confirm: usize,
     },
     /// Open N idle connections; report connect rate, failures and server RSS per connection.
     Conns(ConnsArgs),
@@ -220,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             steps,
             max_loss,
             refine,
+            confirm,
         } => {
             let cfg = fanout_cfg(f, cores)?;
             if *factor <= 1.0 {
@@ -231,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 max_steps: (*steps).min(40),
                 max_loss_pct: *max_loss,
                 refine: (*refine).min(8),
+                confirm: (*confirm).min(8),
             };
             let json = cli.json;
             let v = fanout::sweep(&cfg, &sw, |step| emit(json, step)).await?;

@@ -104,12 +104,13 @@ pub fn table(v: &Value) -> String {
                 } else {
                     let _ = writeln!(
                         o,
-                        "  best {name}  {:.0} msgs/s = {:.0} deliveries/s offered ({:.0} delivered), p99 {:.3} ms, loss {:.3}%",
+                        "  best {name}  {:.0} msgs/s = {:.0} deliveries/s offered ({:.0} delivered), p99 {:.3} ms, loss {:.3}% (worst of {} runs)",
                         f(&b["rate"]),
                         f(&b["offered_deliveries_per_s"]),
                         f(&b["delivered_per_s"]),
                         f(&b["p99_ms"]),
-                        f(&b["loss_pct"])
+                        f(&b["loss_pct"]),
+                        b["runs"]
                     );
                 }
             }
