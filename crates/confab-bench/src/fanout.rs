@@ -770,6 +770,9 @@ pub struct SweepCfg {
     pub confirm: usize,
 }
 
+/// Picks the next rate to try for a bound, if any.
+type Pick = fn(&[Outcome], f64) -> Option<f64>;
+
 /// The latency bounds a sweep reports a knee for, in ms.
 const BOUNDS_MS: [f64; 2] = [10.0, 100.0];
 
@@ -892,41 +895,30 @@ pub async fn sweep(
         retried = false;
         rate *= sw.factor;
     }
-    let mut refined = 0;
+    // Then, per bound, up to `refine` steps that narrow each knee and up
+    // to `confirm` repeats of the step that sets it: on a noisy host one
+    // lucky step can set a knee, so a rate counts only if every step at it
+    // held, and when a repeat fails the next rate down is repeated in turn.
+    let phases: [(usize, Pick); 2] = [(sw.refine, probe), (sw.confirm, unconfirmed)];
+    let mut added = [0usize; 2];
     if !failed {
-        'bounds: for bound in BOUNDS_MS {
-            for _ in 0..sw.refine {
-                let Some(rate) = probe(&outcomes, bound) else {
-                    break;
-                };
-                let Some((outcome, summary)) = step(rate).await else {
-                    break 'bounds;
-                };
-                outcomes.push(outcome);
-                summaries.push(summary);
-                refined += 1;
+        'phases: for ((n, pick), count) in phases.into_iter().zip(&mut added) {
+            for bound in BOUNDS_MS {
+                for _ in 0..n {
+                    let Some(rate) = pick(&outcomes, bound) else {
+                        break;
+                    };
+                    let Some((outcome, summary)) = step(rate).await else {
+                        break 'phases;
+                    };
+                    outcomes.push(outcome);
+                    summaries.push(summary);
+                    *count += 1;
+                }
             }
         }
     }
-    // On a noisy host one lucky step can set a knee: repeat it, and if the
-    // repeat fails, that rate no longer counts and the next one down is
-    // repeated in turn.
-    let mut confirmed = 0;
-    if !failed {
-        'confirm: for bound in BOUNDS_MS {
-            for _ in 0..sw.confirm {
-                let Some(rate) = unconfirmed(&outcomes, bound) else {
-                    break;
-                };
-                let Some((outcome, summary)) = step(rate).await else {
-                    break 'confirm;
-                };
-                outcomes.push(outcome);
-                summaries.push(summary);
-                confirmed += 1;
-            }
-        }
-    }
+    let [refined, confirmed] = added;
     // Each knee, with the worst of its steps and how many there were.
     let [best10, best100] = BOUNDS_MS.map(|bound| {
         let rate = knee(&outcomes, bound)?;

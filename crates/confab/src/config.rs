@@ -280,11 +280,13 @@ impl Settings {
             .unwrap_or_else(|| "sqlite://confab-data/confab.db".into());
         // A store in memory is bounded by default: it holds every message
         // in the process, and nothing of it outlives the process anyway.
-        let history_keep = o.history_keep.unwrap_or(if store.contains(":memory:") {
-            10_000
-        } else {
-            0
-        });
+        let history_keep = o
+            .history_keep
+            .unwrap_or(if crate::store::in_memory(&store) {
+                10_000
+            } else {
+                0
+            });
         let s = Settings {
             listen: o
                 .listen

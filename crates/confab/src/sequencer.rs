@@ -32,8 +32,7 @@ const QUEUE: usize = 8192;
 /// the window, so it holds at most `keep + keep / 16` messages, and the
 /// cost is one range delete per `keep / 16` messages. Direct-message ids
 /// are server-wide, so the user whose message draws such an id has their
-/// inbox pruned: a user with a share `p` of the traffic is pruned every
-/// `keep / 16` of their own messages on average.
+/// inbox pruned: on average every `keep / 16` of their own messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention {
     keep: u32,
@@ -56,10 +55,12 @@ impl Retention {
 
     /// What to prune once `stored` is in the store.
     fn due(self, stored: &Stored) -> Option<Prune> {
+        if self.keep == 0 {
+            return None;
+        }
         let keep = i64::from(self.keep);
         let every = (keep / 16).max(1);
         match stored {
-            _ if keep == 0 => None,
             Stored::Room(m) if m.id % every == 0 && m.id > keep => {
                 Some(Prune::Room(m.room.clone(), m.id - keep))
             }

@@ -324,6 +324,11 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// Whether a store URL names a database that lives in the process.
+pub fn in_memory(url: &str) -> bool {
+    url.starts_with("sqlite:") && url.contains(":memory:")
+}
+
 /// A URL with any password replaced, fit for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

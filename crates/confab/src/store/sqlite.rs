@@ -73,7 +73,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database `url` names and applies the
     /// migrations.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let memory = url.contains(":memory:");
+        let memory = super::in_memory(url);
         if let Some(path) = url.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or(path);
             if let Some(dir) = std::path::Path::new(path).parent() {
