@@ -65,13 +65,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Bound before the node starts, so a taken port fails at once; it says
+    // it listens once the store and the broker are open (`server::run`).
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        store = %confab::store::redact(&settings.store),
-        broker = %confab::store::redact(&settings.broker),
-        "confab listening"
-    );
     confab::run(listener, settings, shutdown_signal()).await
 }
 

@@ -16,13 +16,20 @@ use crate::config::Settings;
 use crate::http;
 use crate::node::Node;
 
-/// Starts a node on `listener` and serves until `signal` resolves.
+/// Starts a node on `listener`, says so once its store and broker are
+/// open, and serves until `signal` resolves.
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let node = Node::start(settings).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        store = %crate::store::redact(&node.settings.store),
+        broker = %crate::store::redact(&node.settings.broker),
+        "confab listening"
+    );
     serve(listener, node, signal).await
 }
 

@@ -89,6 +89,11 @@ impl SqliteStore {
             // an acknowledged message must survive a power cut.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
+        // The writer opens first and alone: turning a new file to WAL takes
+        // an exclusive lock that the busy timeout does not wait for, so the
+        // pool's connections, opening at once, failed a first start now and
+        // then with "database is locked". Once the file is WAL, they skip it.
+        let mut conn = options.connect().await?;
         // sqlx makes `:memory:` one shared-cache database per options
         // value: the pool's connections and the writer see the same one,
         // and it lives while any of them is open.
@@ -103,7 +108,6 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        let mut conn = options.connect().await?;
         let heads = Heads::load(&mut conn).await?;
         let writer = Writer { conn, heads };
         Ok(Self {
