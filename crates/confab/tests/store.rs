@@ -321,10 +321,10 @@ async fn a_new_sqlite_file_opens_every_time() {
     let dir = tempfile::tempdir().unwrap();
     for i in 0..60 {
         let url = format!("sqlite://{}/new-{i}.db", dir.path().display());
-        match store::open(&url).await {
-            Ok(s) => s.close().await,
-            Err(e) => panic!("opening new file {i}: {e:#}"),
-        }
+        let s = store::open(&url).await;
+        s.unwrap_or_else(|e| panic!("opening new file {i}: {e:#}"))
+            .close()
+            .await;
     }
 }
 
