@@ -33,9 +33,15 @@ pub struct Hub {
     next_conn: AtomicU64,
 }
 
+/// Into how many groups the open connections are divided, by number, for
+/// the heartbeat: each period, one group after another hears it
+/// ([`Hub::beat`]), so that pings do not all go at once.
+pub const BEAT_GROUPS: u64 = 16;
+
 #[derive(Debug, Default)]
 struct Open {
-    conns: HashMap<ConnId, Outbox>,
+    /// By connection number modulo [`BEAT_GROUPS`].
+    groups: [HashMap<ConnId, Outbox>; BEAT_GROUPS as usize],
     /// Set once the node is closing: connections opened after it are
     /// closed at once, for the same reason.
     closing: Option<Close>,
@@ -85,14 +91,14 @@ impl Hub {
         match open.closing {
             Some(close) => outbox.kill(close),
             None => {
-                open.conns.insert(conn, outbox.clone());
+                open.group(conn).insert(conn, outbox.clone());
             }
         }
     }
 
     /// Forgets a connection that has ended.
     pub fn ended(&self, conn: ConnId) {
-        self.open.lock().conns.remove(&conn);
+        self.open.lock().group(conn).remove(&conn);
     }
 
     /// Closes every open connection with `close`, and every one opened from
@@ -100,8 +106,18 @@ impl Hub {
     pub fn close_all(&self, close: Close) -> usize {
         let mut open = self.open.lock();
         let close = *open.closing.get_or_insert(close);
-        open.conns.values().for_each(|o| o.kill(close));
-        open.conns.len()
+        let all = || open.groups.iter().flat_map(HashMap::values);
+        all().for_each(|o| o.kill(close));
+        all().count()
+    }
+
+    /// Tells each open connection of `group` (below [`BEAT_GROUPS`]) that a
+    /// heartbeat period has passed; returns how many.
+    pub fn beat(&self, group: u64) -> usize {
+        let mut open = self.open.lock();
+        let group = open.group(group);
+        group.values().for_each(Outbox::beat);
+        group.len()
     }
 
     /// Adds a connection to a topic. `on_first` runs, under the lock, when
@@ -196,6 +212,12 @@ impl Hub {
     }
 }
 
+impl Open {
+    fn group(&mut self, conn: ConnId) -> &mut HashMap<ConnId, Outbox> {
+        &mut self.groups[(conn % BEAT_GROUPS) as usize]
+    }
+}
+
 impl State {
     fn map_mut(&mut self, topic: &Topic) -> &mut Members {
         match topic {
@@ -225,8 +247,33 @@ fn remove_member<K: std::hash::Hash + Eq>(
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
     use crate::outbox::Next;
+
+    #[tokio::test]
+    async fn a_heartbeat_reaches_the_open_connections_of_its_slot_once() {
+        let hub = Hub::default();
+        let (first, mut first_rx) = Outbox::new(4);
+        let (second, mut second_rx) = Outbox::new(4);
+        let (third, mut third_rx) = Outbox::new(4);
+        hub.open(1, &first);
+        hub.open(2, &second);
+        hub.open(1 + BEAT_GROUPS, &third);
+        hub.ended(1 + BEAT_GROUPS);
+
+        assert_eq!(hub.beat(1), 1);
+        assert_eq!(hub.beat(1), 1);
+        assert!(matches!(first_rx.next().await, Next::Beat));
+        // Two ticks before the connection looked count as one; the
+        // others' slots have not come yet, and an ended one hears none.
+        assert!(first_rx.next().now_or_never().is_none());
+        assert!(second_rx.next().now_or_never().is_none());
+        assert!(third_rx.next().now_or_never().is_none());
+        assert_eq!(hub.beat(2), 1);
+        assert!(matches!(second_rx.next().await, Next::Beat));
+    }
 
     #[tokio::test]
     async fn closing_all_reaches_open_connections_and_later_ones_but_not_ended_ones() {

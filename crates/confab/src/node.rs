@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, Broker, BrokerError, Deliver};
 use crate::config::Settings;
-use crate::hub::{ConnId, Hub};
+use crate::hub::{ConnId, Hub, BEAT_GROUPS};
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, Outbox};
 use crate::protocol::codes::{Close, ErrorCode};
@@ -200,6 +200,22 @@ impl Node {
         node.tracker.spawn(async move {
             shutdown.cancelled().await;
             hub.close_all(Close::SHUTDOWN);
+        });
+        // One timer for every connection's heartbeat, rather than one in
+        // each: it ticks one group of connections at a time.
+        let (hub, shutdown) = (node.hub.clone(), node.shutdown.clone());
+        let period = node.settings.ping_interval / BEAT_GROUPS as u32;
+        node.tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for group in (0..BEAT_GROUPS).cycle() {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        hub.beat(group);
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+            }
         });
         let receipts_node = node.clone();
         node.tracker.spawn(async move {

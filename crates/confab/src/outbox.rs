@@ -1,6 +1,7 @@
 //! What flows to one connection: a shared, lazily encoded [`Delivery`],
 //! the bounded [`Outbox`] it is queued in, and the connection's [`Inbox`],
-//! which also carries the order to close (slow consumer, kick).
+//! which also carries the order to close (slow consumer, kick) and the
+//! heartbeat's tick.
 //!
 //! Slow-consumer policy: an outbox holds at most `outbound_queue` events.
 //! Fan-out never waits on it: when it is full, that connection alone is
@@ -97,6 +98,8 @@ struct State {
     capacity: usize,
     /// Set once (slow consumer, kick): the first reason wins.
     close: Option<Close>,
+    /// The node's heartbeat came by since the connection last looked.
+    beat: bool,
     receiver_gone: bool,
 }
 
@@ -131,6 +134,7 @@ impl Outbox {
                 queue: VecDeque::new(),
                 capacity: capacity.max(1),
                 close: None,
+                beat: false,
                 receiver_gone: false,
             }),
             waker: AtomicWaker::new(),
@@ -178,6 +182,13 @@ impl Outbox {
         self.shared.state.lock().close.get_or_insert(close);
         self.shared.waker.wake();
     }
+
+    /// Tells the connection that a heartbeat period has passed. Ticks
+    /// that come before it looks count as one.
+    pub fn beat(&self) {
+        self.shared.state.lock().beat = true;
+        self.shared.waker.wake();
+    }
 }
 
 /// What the connection is told next.
@@ -187,6 +198,8 @@ pub enum Next {
     Delivery(Arc<Delivery>),
     /// Close, for this reason.
     Close(Close),
+    /// A heartbeat period has passed.
+    Beat,
 }
 
 /// The receiving end, owned by the connection's task.
@@ -216,6 +229,9 @@ impl Inbox {
         let mut state = self.shared.state.lock();
         if let Some(close) = state.close {
             return Some(Next::Close(close));
+        }
+        if std::mem::take(&mut state.beat) {
+            return Some(Next::Beat);
         }
         let next = state.queue.pop_front().map(Next::Delivery);
         if next.is_none() && state.queue.capacity() > SHRINK_ABOVE {

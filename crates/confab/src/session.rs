@@ -1,12 +1,12 @@
 //! One WebSocket connection: a single task that reads commands, writes
 //! queued events and replies, keeps the heartbeat and enforces the limits.
 //!
-//! The loop `select!`s over, in priority order: the order to close
-//! (shutdown, slow consumer, kick: all come through the connection's own
-//! outbox), queued events (written in one flush per batch, so
-//! several frames cost one syscall), finished acknowledgements (after the
-//! events, so a sender sees its message before its ack), the socket, and
-//! the heartbeat. Acks are awaited off the loop (in `pending`), so a
+//! The loop `select!`s over, in priority order: the connection's own
+//! outbox, which carries the order to close (shutdown, slow consumer,
+//! kick), the node's heartbeat tick, and queued events (written in one
+//! flush per batch, so several frames cost one syscall); finished
+//! acknowledgements (after the events, so a sender sees its message
+//! before its ack); and the socket. Acks are awaited off the loop (in `pending`), so a
 //! connection keeps receiving while its messages are being stored.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::{FutureExt, SinkExt};
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 
 use crate::hub::ConnId;
 use crate::limits::{RateLimiter, Verdict};
@@ -62,19 +62,18 @@ const MAX_PAGE: u32 = 500;
 pub const GOODBYE: &str = "goodbye: closing this connection as you asked";
 
 /// Sends awaiting their acknowledgement, answered in the order sent. Made
-/// on the first send, so a connection that only listens carries none of it.
+/// (and boxed) on the first send, so a connection that only listens
+/// carries one pointer of it.
 #[derive(Default)]
-struct Pending(Option<FuturesOrdered<BoxFuture<'static, Option<String>>>>);
+struct Pending(Option<Box<FuturesOrdered<BoxFuture<'static, Option<String>>>>>);
 
 impl Pending {
     fn push_back(&mut self, ack: BoxFuture<'static, Option<String>>) {
-        self.0
-            .get_or_insert_with(FuturesOrdered::new)
-            .push_back(ack);
+        self.0.get_or_insert_with(Box::default).push_back(ack);
     }
 
     fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesOrdered::len)
+        self.0.as_ref().map_or(0, |acks| acks.len())
     }
 
     fn is_empty(&self) -> bool {
@@ -199,11 +198,9 @@ impl Session {
     }
 
     async fn run(&mut self, socket: &mut WebSocket, rx: &mut Inbox) -> Option<Close> {
-        let period = self.node.settings.ping_interval;
-        // A timer in this future rather than an `Interval`, which boxes its
-        // own: one allocation less per connection.
-        let heartbeat = tokio::time::sleep_until(Instant::now() + period);
-        tokio::pin!(heartbeat);
+        // The heartbeat comes through the inbox from the node's one timer
+        // (`Next::Beat`): a timer of its own would make every idle
+        // connection larger, and be polled on every wake-up.
         let mut missed = 0u32;
         let mut pending = Pending::default();
         loop {
@@ -218,6 +215,15 @@ impl Session {
                     }
                     Next::Delivery(first) => {
                         if self.write_deliveries(socket, first, rx).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Next::Beat => {
+                        if missed >= 2 {
+                            return Some(Close::HEARTBEAT);
+                        }
+                        missed += 1;
+                        if write(socket, Message::Ping(Default::default())).await.is_err() {
                             return None;
                         }
                     }
@@ -255,16 +261,6 @@ impl Session {
                             Box::pin(self.goodbye(socket, rx)).await;
                             return Some(Close::NORMAL);
                         }
-                    }
-                }
-                _ = &mut heartbeat => {
-                    heartbeat.as_mut().reset(Instant::now() + period);
-                    if missed >= 2 {
-                        return Some(Close::HEARTBEAT);
-                    }
-                    missed += 1;
-                    if write(socket, Message::Ping(Default::default())).await.is_err() {
-                        return None;
                     }
                 }
             }

@@ -183,6 +183,27 @@ async fn a_silent_client_is_closed_after_missed_pongs() {
     assert_eq!(silent.closed().await, 1008);
 }
 
+/// A client that answers pings stays open however long it says nothing,
+/// and hears one ping per interval.
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_open() {
+    let server = TestServer::start(settings_with(Overrides {
+        ping_interval: Some(1),
+        ..Overrides::default()
+    }))
+    .await;
+    let mut quiet = server.connect("/ws/chat/lobby/").await;
+
+    // Reading answers each ping (tungstenite replies by itself).
+    let pings = quiet.silent_for(Duration::from_millis(4500)).await;
+    assert!(
+        (3..=5).contains(&pings),
+        "{pings} pings in 4.5 s at a 1 s interval"
+    );
+    quiet.send_text(r#"{"message": "still here"}"#).await;
+    assert_eq!(quiet.next_json().await["message"], "still here");
+}
+
 /// A client that starts a request head and never finishes it is
 /// disconnected after `header_timeout` (slow-loris); a whole request
 /// meanwhile is answered.

@@ -242,13 +242,16 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives (but pings) for `dur`.
-    pub async fn silent_for(&mut self, dur: Duration) {
+    /// Asserts nothing arrives (but pings, answered) for `dur`; returns
+    /// how many pings came.
+    pub async fn silent_for(&mut self, dur: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + dur;
+        let mut pings = 0;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Err(_) => return pings,
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(Message::Pong(_)))) => continue,
                 Ok(other) => panic!("expected silence, got {other:?}"),
             }
         }
