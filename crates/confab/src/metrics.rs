@@ -34,7 +34,7 @@ use crate::protocol::seed::Dialect;
 use crate::protocol::{DirectMessage, RoomMessage, RoomName, Topic, UserName};
 use crate::session::Kind;
 use crate::store::idempotency::{KeyClaim, KeyRecord};
-use crate::store::{self, Draft, PageQuery, Paged, Store, Stored};
+use crate::store::{self, Draft, PageQuery, Paged, Prune, Store, Stored};
 
 /// The protocol a connection speaks, as a label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -674,9 +674,17 @@ struct TimedStore {
 
 #[async_trait]
 impl Store for TimedStore {
-    async fn append(&self, batch: &[Draft]) -> store::Result<Vec<Stored>> {
-        let result = self.metrics.store.timed(0, self.inner.append(batch)).await;
-        if result.is_err() {
+    async fn append(&self, batch: &[Draft], prune: &Prune) -> store::Result<Vec<Stored>> {
+        // A prune that no batch carried is timed apart.
+        let op = if batch.is_empty() { 11 } else { 0 };
+        let result = self
+            .metrics
+            .store
+            .timed(op, self.inner.append(batch, prune))
+            .await;
+        // A batch that fails with a prune is tried again without it (the
+        // sequencer does), so only a failure without one loses messages.
+        if result.is_err() && prune.is_empty() {
             self.metrics
                 .messages_lost
                 .fetch_add(batch.len() as u64, Relaxed);
@@ -760,14 +768,6 @@ impl Store for TimedStore {
             .store
             .timed(10, self.inner.prune_keys(before_ms))
             .await
-    }
-    async fn prune_room(&self, room: &RoomName, upto: i64) -> store::Result<u64> {
-        let fut = self.inner.prune_room(room, upto);
-        self.metrics.store.timed(11, fut).await
-    }
-    async fn prune_dms(&self, user: &UserName, keep: u32) -> store::Result<u64> {
-        let fut = self.inner.prune_dms(user, keep);
-        self.metrics.store.timed(11, fut).await
     }
     async fn close(&self) {
         self.inner.close().await

@@ -8,7 +8,8 @@
 //! delivery order, and under load many messages share one commit.
 //!
 //! With a [`Retention`], the sequencer also deletes what falls out of the
-//! history window, once a batch is answered.
+//! history window: in the transaction of the next batch, or on its own
+//! once no batch is waiting.
 
 use std::sync::Arc;
 
@@ -16,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Broker;
 use crate::outbox::Delivery;
-use crate::protocol::{Event, RoomName, Topic, UserName};
-use crate::store::{Draft, Store, StoreError, Stored};
+use crate::protocol::{Event, Topic};
+use crate::store::{Draft, Prune, Store, StoreError, Stored};
 
 /// The most drafts stored in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -38,46 +39,28 @@ pub struct Retention {
     keep: u32,
 }
 
-/// What falls out of the window after one stored message.
-#[derive(Debug, PartialEq, Eq)]
-enum Prune {
-    /// The room's messages with ids up to this one.
-    Room(RoomName, i64),
-    /// The user's direct messages beyond the newest `keep`.
-    Dms(UserName),
-}
-
 impl Retention {
     /// Keep the newest `keep` messages per room and per recipient (0: all).
     pub fn keep(keep: u32) -> Self {
         Self { keep }
     }
 
-    /// What to prune once `stored` is in the store.
-    fn due(self, stored: &Stored) -> Option<Prune> {
+    /// Adds to `prune` what falls out of the window once `stored` is in
+    /// the store.
+    fn due(self, stored: &Stored, prune: &mut Prune) {
         if self.keep == 0 {
-            return None;
+            return;
         }
         let keep = i64::from(self.keep);
         let every = (keep / 16).max(1);
         match stored {
             Stored::Room(m) if m.id % every == 0 && m.id > keep => {
-                Some(Prune::Room(m.room.clone(), m.id - keep))
+                prune.room(m.room.clone(), m.id - keep);
             }
-            Stored::Direct(d) if d.id % every == 0 => Some(Prune::Dms(d.to.clone())),
-            _ => None,
-        }
-    }
-
-    async fn prune(self, store: &dyn Store, what: Prune) {
-        let done = match &what {
-            Prune::Room(room, upto) => store.prune_room(room, *upto).await,
-            Prune::Dms(user) => store.prune_dms(user, self.keep).await,
-        };
-        if let Err(err) = done {
-            // Retried in effect: the next prune of the same room or user
-            // covers what this one would have deleted.
-            tracing::warn!(error = %err, ?what, "history prune failed");
+            Stored::Direct(d) if d.id % every == 0 => {
+                prune.dms.insert(d.to.clone());
+            }
+            _ => {}
         }
     }
 }
@@ -127,6 +110,8 @@ async fn run(
     on_stored: impl Fn(&Stored),
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    // What the next append deletes along with its batch.
+    let mut prune = Prune::keeping(retention.keep);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         if jobs.len() < MAX_BATCH {
             // Let the connections that are ready run first, then take what
@@ -144,16 +129,13 @@ async fn run(
         // Move the drafts out rather than copy every body once more.
         let (drafts, replies): (Vec<Draft>, Vec<_>) =
             jobs.drain(..).map(|j| (j.draft, j.reply)).unzip();
-        match store.append(&drafts).await {
+        match append(&*store, &drafts, &mut prune).await {
             Ok(stored) => {
-                let due: Vec<Prune> = stored.iter().filter_map(|s| retention.due(s)).collect();
                 for (reply, stored) in replies.into_iter().zip(stored) {
                     on_stored(&stored);
+                    retention.due(&stored, &mut prune);
                     publish(&*broker, &stored).await;
                     let _ = reply.send(Ok(stored));
-                }
-                for what in due {
-                    retention.prune(&*store, what).await;
                 }
             }
             Err(err) => {
@@ -163,7 +145,35 @@ async fn run(
                 }
             }
         }
+        if !prune.is_empty() && rx.is_empty() {
+            // No batch is waiting to carry the deletes.
+            if let Err(err) = append(&*store, &[], &mut prune).await {
+                tracing::warn!(error = %err, "history prune failed");
+            }
+        }
     }
+}
+
+/// Appends `drafts` with what `prune` names deleted in the same
+/// transaction, and empties `prune`. If that fails, the batch is tried
+/// again alone, so that a delete never costs messages: what it would have
+/// deleted goes with the next prune of the same room or user.
+async fn append(
+    store: &dyn Store,
+    drafts: &[Draft],
+    prune: &mut Prune,
+) -> Result<Vec<Stored>, StoreError> {
+    let mut result = store.append(drafts, prune).await;
+    if result.is_err() && !prune.is_empty() && !drafts.is_empty() {
+        tracing::warn!(
+            ?prune,
+            "append with a history prune failed; trying without it"
+        );
+        prune.clear();
+        result = store.append(drafts, prune).await;
+    }
+    prune.clear();
+    result
 }
 
 /// Publishes a stored message to its room, or to both ends of a direct
@@ -191,7 +201,7 @@ async fn publish(broker: &dyn Broker, stored: &Stored) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{DirectMessage, RoomMessage};
+    use crate::protocol::{DirectMessage, RoomMessage, RoomName, UserName};
 
     fn room(id: i64) -> Stored {
         Stored::Room(RoomMessage {
@@ -215,36 +225,49 @@ mod tests {
         })
     }
 
+    /// What `r` deletes after `stored` alone.
+    fn due(r: Retention, stored: Stored) -> Prune {
+        let mut prune = Prune::keeping(r.keep);
+        r.due(&stored, &mut prune);
+        prune
+    }
+
     #[test]
     fn a_room_is_pruned_every_sixteenth_of_its_window_once_past_it() {
         let r = Retention::keep(160);
-        let due: Vec<i64> = (1..=400)
-            .filter_map(|id| match r.due(&room(id)) {
-                Some(Prune::Room(_, upto)) => Some(upto),
-                _ => None,
-            })
+        let bounds: Vec<i64> = (1..=400)
+            .flat_map(|id| due(r, room(id)).rooms.into_values())
             .collect();
         // Ids 170, 180, … 400: each prune leaves the newest 160.
-        assert_eq!(due.first(), Some(&10));
-        assert_eq!(due.last(), Some(&240));
-        assert_eq!(due.len(), 24);
+        assert_eq!(bounds.first(), Some(&10));
+        assert_eq!(bounds.last(), Some(&240));
+        assert_eq!(bounds.len(), 24);
     }
 
     #[test]
     fn nothing_is_pruned_when_everything_is_kept() {
         let r = Retention::keep(0);
-        assert!((1..=1000).all(|id| r.due(&room(id)).is_none() && r.due(&dm(id)).is_none()));
+        assert!((1..=1000).all(|id| due(r, room(id)).is_empty() && due(r, dm(id)).is_empty()));
     }
 
     #[test]
     fn a_recipient_is_pruned_when_their_message_draws_a_multiple() {
         let r = Retention::keep(32);
-        assert_eq!(r.due(&dm(3)), None);
-        assert_eq!(
-            r.due(&dm(4)),
-            Some(Prune::Dms(UserName::parse("bob").unwrap()))
-        );
+        assert!(due(r, dm(3)).is_empty());
+        let bob = UserName::parse("bob").unwrap();
+        assert_eq!(due(r, dm(4)).dms.into_iter().collect::<Vec<_>>(), [bob]);
         // A small window prunes on every message.
-        assert!(Retention::keep(5).due(&dm(7)).is_some());
+        assert!(!due(Retention::keep(5), dm(7)).is_empty());
+    }
+
+    #[test]
+    fn prunes_gathered_for_one_append_keep_each_rooms_highest_bound() {
+        let r = Retention::keep(16);
+        let mut prune = Prune::keeping(16);
+        for id in [32, 48, 17] {
+            r.due(&room(id), &mut prune);
+        }
+        let lobby = RoomName::parse("lobby").unwrap();
+        assert_eq!(prune.rooms.into_iter().collect::<Vec<_>>(), [(lobby, 32)]);
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use confab::protocol::{RoomMessage, RoomName, UserName};
 use confab::store::idempotency::{KeyClaim, KeyRecord};
-use confab::store::{self, Draft, PageQuery, Paged, Store, Stored};
+use confab::store::{self, Draft, PageQuery, Paged, Prune, Store, Stored};
 
 fn room(s: &str) -> RoomName {
     RoomName::parse(s).unwrap()
@@ -41,21 +41,27 @@ fn ids(stored: &[Stored]) -> Vec<i64> {
 async fn contract(s: Arc<dyn Store>) {
     // Room ids are per room, dense and in batch order; DM ids increase.
     let first = s
-        .append(&[
-            say("a", "ann", "1"),
-            say("b", "ann", "x"),
-            say("a", "bob", "2"),
-            dm("ann", "bob", "d1"),
-        ])
+        .append(
+            &[
+                say("a", "ann", "1"),
+                say("b", "ann", "x"),
+                say("a", "bob", "2"),
+                dm("ann", "bob", "d1"),
+            ],
+            &Prune::default(),
+        )
         .await
         .unwrap();
     assert_eq!(ids(&first)[..3], [1, 1, 2]);
     let second = s
-        .append(&[
-            say("a", "ann", "3"),
-            dm("bob", "ann", "d2"),
-            dm("ann", "cy", "d3"),
-        ])
+        .append(
+            &[
+                say("a", "ann", "3"),
+                dm("bob", "ann", "d2"),
+                dm("ann", "cy", "d3"),
+            ],
+            &Prune::default(),
+        )
         .await
         .unwrap();
     assert_eq!(ids(&second)[0], 3);
@@ -144,50 +150,54 @@ async fn contract(s: Arc<dyn Store>) {
     s.ping().await.unwrap();
 }
 
-/// Pruning deletes what falls out of the window and nothing else: a
-/// room's ids up to the bound, a user's direct messages beyond the newest
-/// `keep`, and ids go on from where they were.
+/// Pruning deletes what falls out of the window and nothing else, in the
+/// transaction of an append (whose batch may be empty): a room's ids up to
+/// the bound, a user's direct messages beyond the newest `keep`, and ids
+/// go on from where they were.
 async fn pruning(s: Arc<dyn Store>) {
     let batch: Vec<Draft> = (0..10)
         .map(|i| say("p", "ann", &i.to_string()))
         .chain((0..5).map(|i| dm("ann", "bob", &format!("d{i}"))))
         .chain([say("q", "ann", "other room"), dm("bob", "ann", "reply")])
         .collect();
-    let stored = s.append(&batch).await.unwrap();
+    let stored = s.append(&batch, &Prune::default()).await.unwrap();
     let room_ids = |page: Paged<RoomMessage>| page.items.iter().map(|m| m.id).collect::<Vec<_>>();
     let all = PageQuery {
         limit: 100,
         ..PageQuery::default()
     };
+    let conversation = || async {
+        let conv = s.dm_page(&user("ann"), &user("bob"), all).await.unwrap();
+        conv.items.into_iter().map(|d| d.body).collect::<Vec<_>>()
+    };
 
-    assert_eq!(s.prune_room(&room("p"), 6).await.unwrap(), 6);
-    assert_eq!(s.prune_room(&room("p"), 6).await.unwrap(), 0);
+    // Bob keeps his newest 2; what Ann was sent is not his to lose, and
+    // Cy, who was sent nothing, loses nothing.
+    let mut prune = Prune::keeping(2);
+    prune.room(room("p"), 6);
+    prune.dms.extend([user("bob"), user("cy")]);
+    assert!(s.append(&[], &prune).await.unwrap().is_empty());
     assert_eq!(
         room_ids(s.room_page(&room("p"), all).await.unwrap()),
         [7, 8, 9, 10]
     );
     assert_eq!(room_ids(s.room_page(&room("q"), all).await.unwrap()), [1]);
-
-    // Bob keeps his newest 2; what Ann was sent is not his to lose.
-    assert_eq!(s.prune_dms(&user("bob"), 2).await.unwrap(), 3);
-    assert_eq!(s.prune_dms(&user("bob"), 2).await.unwrap(), 0);
-    assert_eq!(s.prune_dms(&user("cy"), 2).await.unwrap(), 0);
-    let conv = s.dm_page(&user("ann"), &user("bob"), all).await.unwrap();
-    assert_eq!(
-        conv.items
-            .iter()
-            .map(|d| d.body.as_str())
-            .collect::<Vec<_>>(),
-        ["d3", "d4", "reply"]
-    );
+    assert_eq!(conversation().await, ["d3", "d4", "reply"]);
     let last_dm = stored.last().unwrap().id_ts().0;
 
+    // The same prune carried by a batch deletes nothing more of the
+    // room, and counts the batch's own direct message among Bob's newest.
     let next = s
-        .append(&[say("p", "ann", "next"), dm("ann", "bob", "d5")])
+        .append(&[say("p", "ann", "next"), dm("ann", "bob", "d5")], &prune)
         .await
         .unwrap();
     assert_eq!(ids(&next)[0], 11);
     assert!(ids(&next)[1] > last_dm);
+    assert_eq!(
+        room_ids(s.room_page(&room("p"), all).await.unwrap()),
+        [7, 8, 9, 10, 11]
+    );
+    assert_eq!(conversation().await, ["d4", "reply", "d5"]);
     let heads = s.room_heads().await.unwrap();
     assert!(
         heads
@@ -287,7 +297,11 @@ async fn concurrent_appends(s: Arc<dyn Store>) {
                         say("busy", "u", &format!("{t}-{i}")),
                         say("quiet", "u", &format!("{t}-{i}")),
                     ];
-                    got.extend(ids(&s.append(&batch).await.unwrap()).into_iter().step_by(2));
+                    got.extend(
+                        ids(&s.append(&batch, &Prune::default()).await.unwrap())
+                            .into_iter()
+                            .step_by(2),
+                    );
                 }
                 got
             })
@@ -336,16 +350,24 @@ async fn sqlite_ids_continue_after_reopening() {
     let url = format!("sqlite://{}/r.db", dir.path().display());
     let first = store::open(&url).await.unwrap();
     let batch = [say("a", "u", "1"), dm("u", "v", "d1"), say("a", "u", "2")];
-    assert_eq!(ids(&first.append(&batch).await.unwrap()), vec![1, 1, 2]);
+    assert_eq!(
+        ids(&first.append(&batch, &Prune::default()).await.unwrap()),
+        vec![1, 1, 2]
+    );
     first.close().await;
     // A closed store refuses appends (its writer connection is gone)
     // rather than hang or write behind the reopened one's back.
-    let refused = first.append(&[say("a", "u", "late")]).await;
+    let refused = first
+        .append(&[say("a", "u", "late")], &Prune::default())
+        .await;
     assert!(refused.is_err(), "{refused:?}");
 
     let again = store::open(&url).await.unwrap();
     let batch = [say("a", "u", "3"), say("b", "u", "x"), dm("v", "u", "d2")];
-    assert_eq!(ids(&again.append(&batch).await.unwrap()), vec![3, 1, 2]);
+    assert_eq!(
+        ids(&again.append(&batch, &Prune::default()).await.unwrap()),
+        vec![3, 1, 2]
+    );
     let heads = again.room_heads().await.unwrap();
     let heads: Vec<(String, i64)> = heads
         .into_iter()

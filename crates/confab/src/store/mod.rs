@@ -10,7 +10,7 @@ pub mod idempotency;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -168,18 +168,61 @@ impl From<sqlx::Error> for StoreError {
 /// Result alias for store calls.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// History to delete in the same transaction as an append: what a
+/// retention window (`--history-keep`) has let fall out. Riding on the
+/// next append, a prune costs no commit (and, on disk, no `fsync`) of its
+/// own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prune {
+    /// Rooms, each with the id up to which its messages go.
+    pub rooms: BTreeMap<RoomName, i64>,
+    /// Recipients whose direct messages beyond the newest `keep` go.
+    pub dms: BTreeSet<UserName>,
+    /// How many direct messages each recipient keeps.
+    pub keep: u32,
+}
+
+impl Prune {
+    /// Nothing to delete, keeping `keep` direct messages per recipient.
+    pub fn keeping(keep: u32) -> Self {
+        Self {
+            keep,
+            ..Self::default()
+        }
+    }
+
+    /// Whether there is nothing to delete.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty() && self.dms.is_empty()
+    }
+
+    /// Adds `room`'s messages up to `upto`.
+    pub fn room(&mut self, room: RoomName, upto: i64) {
+        let bound = self.rooms.entry(room).or_default();
+        *bound = (*bound).max(upto);
+    }
+
+    /// Forgets what was to be deleted (done, or given up).
+    pub fn clear(&mut self) {
+        self.rooms.clear();
+        self.dms.clear();
+    }
+}
+
 /// The history store. Implementations: [`sqlite::SqliteStore`],
 /// [`postgres::PostgresStore`].
 ///
 /// Contract (a shared test suite holds every implementation to it):
-/// * `append` is all or nothing; room ids are unique per room and
-///   increase in the order of the batch; direct-message ids are unique
-///   and increasing server-wide.
+/// * `append` is all or nothing, its prune included; room ids are unique
+///   per room and increase in the order of the batch; direct-message ids
+///   are unique and increasing server-wide.
 /// * pages are oldest first; `more` says whether the query had more rows.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a batch in one transaction, assigning ids and timestamps.
-    async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>>;
+    /// Stores a batch in one transaction, assigning ids and timestamps,
+    /// and deletes what `prune` names in the same transaction. The batch
+    /// may be empty.
+    async fn append(&self, batch: &[Draft], prune: &Prune) -> Result<Vec<Stored>>;
     /// A page of a room's history.
     async fn room_page(&self, room: &RoomName, q: PageQuery) -> Result<Paged<RoomMessage>>;
     /// A page of the conversation between two users.
@@ -219,11 +262,6 @@ pub trait Store: Send + Sync + 'static {
     async fn release_key(&self, key: &str) -> Result<()>;
     /// Forgets keys claimed before `before_ms`; returns how many.
     async fn prune_keys(&self, before_ms: i64) -> Result<u64>;
-    /// Deletes `room`'s messages with ids up to `upto`; returns how many.
-    async fn prune_room(&self, room: &RoomName, upto: i64) -> Result<u64>;
-    /// Deletes the direct messages to `user` older than the newest
-    /// `keep`; returns how many.
-    async fn prune_dms(&self, user: &UserName, keep: u32) -> Result<u64>;
     /// Flushes and closes.
     async fn close(&self);
 }
@@ -368,9 +406,10 @@ pub(crate) fn page<T>(mut items: Vec<T>, limit: u32, newest_first: bool) -> Page
 
 /// The queries both SQL stores run word for word (`$N` placeholders work
 /// in SQLite and PostgreSQL alike), expanded once per backend with its
-/// pool and row types, so each `Store` impl delegates to one copy.
+/// pool, connection and row types, so each `Store` impl delegates to one
+/// copy.
 macro_rules! shared_queries {
-    ($pool:ty, $row:ty) => {
+    ($pool:ty, $conn:ty, $row:ty) => {
         /// History and user queries shared by the SQL stores.
         mod queries {
             use sqlx::Row;
@@ -520,29 +559,31 @@ macro_rules! shared_queries {
                     .collect()
             }
 
-            pub(crate) async fn prune_room(pool: &$pool, room: &RoomName, upto: i64) -> Result<u64> {
-                let done = sqlx::query("DELETE FROM messages WHERE room = $1 AND id <= $2")
-                    .bind(room.as_str())
-                    .bind(upto)
-                    .execute(pool)
+            /// Deletes what `prune` names, on `conn` (inside the caller's
+            /// transaction).
+            pub(crate) async fn prune(conn: &mut $conn, prune: &$crate::store::Prune) -> Result<()> {
+                for (room, upto) in &prune.rooms {
+                    sqlx::query("DELETE FROM messages WHERE room = $1 AND id <= $2")
+                        .bind(room.as_str())
+                        .bind(upto)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                for user in &prune.dms {
+                    // The subquery is the id of the `keep`th newest (NULL,
+                    // so nothing goes, while there are fewer); both walk
+                    // the (recipient, id) index.
+                    sqlx::query(
+                        "DELETE FROM direct_messages WHERE recipient = $1 AND id < \
+                         (SELECT id FROM direct_messages WHERE recipient = $1 \
+                          ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                    )
+                    .bind(user.as_str())
+                    .bind(i64::from(prune.keep.max(1)) - 1)
+                    .execute(&mut *conn)
                     .await?;
-                Ok(done.rows_affected())
-            }
-
-            pub(crate) async fn prune_dms(pool: &$pool, user: &UserName, keep: u32) -> Result<u64> {
-                // The subquery is the id of the `keep`th newest (NULL, so
-                // nothing goes, while there are fewer); both walk the
-                // (recipient, id) index.
-                let done = sqlx::query(
-                    "DELETE FROM direct_messages WHERE recipient = $1 AND id < \
-                     (SELECT id FROM direct_messages WHERE recipient = $1 \
-                      ORDER BY id DESC LIMIT 1 OFFSET $2)",
-                )
-                .bind(user.as_str())
-                .bind(i64::from(keep.max(1)) - 1)
-                .execute(pool)
-                .await?;
-                Ok(done.rows_affected())
+                }
+                Ok(())
             }
 
             pub(crate) async fn ping(pool: &$pool) -> Result<()> {

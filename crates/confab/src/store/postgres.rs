@@ -17,7 +17,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::idempotency::{KeyClaim, KeyRecord};
-use super::{Draft, PageQuery, Paged, Result, Store, Stored};
+use super::{Draft, PageQuery, Paged, Prune, Result, Store, Stored};
 use crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
 
 /// History in PostgreSQL.
@@ -44,7 +44,7 @@ impl PostgresStore {
 }
 
 super::idempotency_keys!(sqlx::PgPool);
-super::shared_queries!(sqlx::PgPool, sqlx::postgres::PgRow);
+super::shared_queries!(sqlx::PgPool, sqlx::PgConnection, sqlx::postgres::PgRow);
 
 /// Column vectors for one multi-row insert.
 #[derive(Default)]
@@ -69,7 +69,7 @@ impl Columns {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>> {
+    async fn append(&self, batch: &[Draft], prune: &Prune) -> Result<Vec<Stored>> {
         let ts = now_ms();
         let (per_room, dms) = super::draw(batch);
         let mut tx = self.pool.begin().await?;
@@ -154,6 +154,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        queries::prune(&mut tx, prune).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -227,14 +228,6 @@ impl Store for PostgresStore {
 
     async fn prune_keys(&self, before_ms: i64) -> Result<u64> {
         keys::prune(&self.pool, before_ms).await
-    }
-
-    async fn prune_room(&self, room: &RoomName, upto: i64) -> Result<u64> {
-        queries::prune_room(&self.pool, room, upto).await
-    }
-
-    async fn prune_dms(&self, user: &UserName, keep: u32) -> Result<u64> {
-        queries::prune_dms(&self.pool, user, keep).await
     }
 
     async fn close(&self) {

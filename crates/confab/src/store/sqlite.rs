@@ -13,7 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
 
 use super::idempotency::{KeyClaim, KeyRecord};
-use super::{Draft, PageQuery, Paged, Result, Store, Stored};
+use super::{Draft, PageQuery, Paged, Prune, Result, Store, Stored};
 use crate::protocol::{now_ms, DirectMessage, RoomMessage, RoomName, UserName};
 
 /// History in SQLite.
@@ -118,7 +118,11 @@ impl SqliteStore {
 }
 
 super::idempotency_keys!(sqlx::SqlitePool);
-super::shared_queries!(sqlx::SqlitePool, sqlx::sqlite::SqliteRow);
+super::shared_queries!(
+    sqlx::SqlitePool,
+    sqlx::SqliteConnection,
+    sqlx::sqlite::SqliteRow
+);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -128,9 +132,10 @@ impl Store for SqliteStore {
     /// `json_each`, and a trigger keeps `rooms.last_id` for the next start.
     /// A statement is atomic on its own, so the usual batch costs one round
     /// trip to SQLite's worker thread instead of four (BEGIN, draw ids,
-    /// insert, COMMIT); only a batch with both room and direct messages
-    /// needs a transaction. Heads move only once the write succeeded.
-    async fn append(&self, batch: &[Draft]) -> Result<Vec<Stored>> {
+    /// insert, COMMIT); only a batch with both room and direct messages,
+    /// or with a prune, needs a transaction. Heads move only once the
+    /// write succeeded.
+    async fn append(&self, batch: &[Draft], prune: &Prune) -> Result<Vec<Stored>> {
         let ts = now_ms();
         let (rooms, dms) = super::draw(batch);
         let mut writer = self.writer.lock().await;
@@ -160,19 +165,21 @@ impl Store for SqliteStore {
             .then(|| serde_json::to_string(&messages).expect("rows serialize"));
         let directs =
             (!directs.is_empty()).then(|| serde_json::to_string(&directs).expect("rows serialize"));
-        match (&messages, &directs) {
-            (Some(rows), None) => insert(ROOM_ROWS, rows, ts).execute(&mut *conn).await?,
-            (None, Some(rows)) => insert(DIRECT_ROWS, rows, ts).execute(&mut *conn).await?,
-            (Some(room_rows), Some(direct_rows)) => {
+        match (&messages, &directs, prune.is_empty()) {
+            (Some(rows), None, true) => insert(ROOM_ROWS, rows, ts).execute(&mut *conn).await?,
+            (None, Some(rows), true) => insert(DIRECT_ROWS, rows, ts).execute(&mut *conn).await?,
+            (None, None, true) => return Ok(stored),
+            _ => {
                 let mut tx = conn.begin().await?;
-                insert(ROOM_ROWS, room_rows, ts).execute(&mut *tx).await?;
-                insert(DIRECT_ROWS, direct_rows, ts)
-                    .execute(&mut *tx)
-                    .await?;
+                for (table, rows) in [(ROOM_ROWS, &messages), (DIRECT_ROWS, &directs)] {
+                    if let Some(rows) = rows {
+                        insert(table, rows, ts).execute(&mut *tx).await?;
+                    }
+                }
+                queries::prune(&mut tx, prune).await?;
                 tx.commit().await?;
                 Default::default()
             }
-            (None, None) => return Ok(stored),
         };
         for (room, n) in rooms {
             *current.rooms.entry(room.to_string()).or_default() += n;
@@ -250,14 +257,6 @@ impl Store for SqliteStore {
 
     async fn prune_keys(&self, before_ms: i64) -> Result<u64> {
         keys::prune(&self.pool, before_ms).await
-    }
-
-    async fn prune_room(&self, room: &RoomName, upto: i64) -> Result<u64> {
-        queries::prune_room(&self.pool, room, upto).await
-    }
-
-    async fn prune_dms(&self, user: &UserName, keep: u32) -> Result<u64> {
-        queries::prune_dms(&self.pool, user, keep).await
     }
 
     async fn close(&self) {

@@ -132,8 +132,8 @@ async fn a_room_keeps_only_its_newest_messages() {
     for i in 1..=40 {
         a.say("r", &format!("m{i}"), &format!("c{i}")).await;
     }
-    // The sequencer prunes once it has answered a batch, before it takes
-    // the next one: when this lands, what m40 pushed out is gone.
+    // What m40 pushed out is deleted with the next batch, or on its own
+    // if no batch waits: either way, once this is stored, it is gone.
     a.join("other", None).await;
     a.say("other", "sync", "s").await;
 
