@@ -198,10 +198,7 @@ impl Session {
     }
 
     async fn run(&mut self, socket: &mut WebSocket, rx: &mut Inbox) -> Option<Close> {
-        // The heartbeat comes through the inbox from the node's one timer
-        // (`Next::Beat`): a timer of its own would make every idle
-        // connection larger, and be polled on every wake-up.
-        let mut missed = 0u32;
+        let mut heartbeat = Heartbeat::default();
         let mut pending = Pending::default();
         loop {
             tokio::select! {
@@ -219,12 +216,8 @@ impl Session {
                         }
                     }
                     Next::Beat => {
-                        if missed >= 2 {
-                            return Some(Close::HEARTBEAT);
-                        }
-                        missed += 1;
-                        if write(socket, Message::Ping(Default::default())).await.is_err() {
-                            return None;
+                        if let Err(close) = heartbeat.beat(socket).await {
+                            return close;
                         }
                     }
                 },
@@ -236,7 +229,7 @@ impl Session {
                     }
                 }
                 msg = socket.next(), if pending.len() < MAX_PENDING => {
-                    missed = 0;
+                    heartbeat.heard();
                     let flow = match msg {
                         None => return None,
                         Some(Err(err)) => return close_for(err),
@@ -891,30 +884,76 @@ async fn answer_close(socket: &mut WebSocket) {
     .await;
 }
 
+/// A connection's side of the heartbeat. The ticks come through its inbox
+/// from the node's one timer (`Next::Beat`): a timer of its own would make
+/// every idle connection larger, and be polled on every wake-up.
+#[derive(Default)]
+struct Heartbeat {
+    /// Ticks since the client last sent anything.
+    missed: u32,
+}
+
+impl Heartbeat {
+    /// A tick: pings, or, once two pings went unanswered, gives the reason
+    /// to close (`Err(None)`: the socket failed).
+    async fn beat(&mut self, socket: &mut WebSocket) -> Result<(), Option<Close>> {
+        if self.missed >= 2 {
+            return Err(Some(Close::HEARTBEAT));
+        }
+        self.missed += 1;
+        write(socket, Message::Ping(Default::default()))
+            .await
+            .map_err(|_| None)
+    }
+
+    /// The client sent a frame: it is alive.
+    fn heard(&mut self) {
+        self.missed = 0;
+    }
+}
+
 /// `/ws/echo/`: each text or binary frame back as it came. The frame
 /// limits still apply (as `echo_max_bytes`); the message rate limit does
-/// not, since the echo stores and fans out nothing.
+/// not, since the echo stores and fans out nothing. Shutdown and the
+/// heartbeat reach it through an outbox, as they reach every connection;
+/// nothing else is ever queued there.
 async fn echo(node: Arc<Node>, mut socket: WebSocket) {
-    let shutdown = node.shutdown.clone();
+    let (outbox, mut rx) = Outbox::new(1);
+    let conn = node.hub.next_conn();
+    node.hub.open(conn, &outbox);
+    let mut heartbeat = Heartbeat::default();
     let close = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Some(Close::SHUTDOWN),
-            msg = socket.next() => match msg {
-                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if socket.send(msg).await.is_err() {
-                        break None;
+            biased;
+            next = rx.next() => match next {
+                Next::Close(close) => break Some(close),
+                Next::Beat => {
+                    if let Err(close) = heartbeat.beat(&mut socket).await {
+                        break close;
                     }
                 }
-                Some(Ok(Message::Close(_))) => {
-                    answer_close(&mut socket).await;
-                    break None;
+                Next::Delivery(_) => {}
+            },
+            msg = socket.next() => {
+                heartbeat.heard();
+                match msg {
+                    Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if socket.send(msg).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        answer_close(&mut socket).await;
+                        break None;
+                    }
+                    None => break None,
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => break close_for(err),
                 }
-                None => break None,
-                Some(Ok(_)) => {}
-                Some(Err(err)) => break close_for(err),
             }
         }
     };
+    node.hub.ended(conn);
     if let Some(close) = close {
         close_socket(&mut socket, close).await;
     }

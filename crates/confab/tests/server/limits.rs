@@ -167,7 +167,8 @@ async fn a_slow_reader_is_closed_alone_and_the_room_keeps_its_pace() {
     assert_eq!(slow.closed().await, 1013);
 }
 
-/// A client that never answers pings is closed after two missed pongs.
+/// A client that never answers pings is closed after two missed pongs,
+/// on the echo path too.
 #[tokio::test]
 async fn a_silent_client_is_closed_after_missed_pongs() {
     let server = TestServer::start(settings_with(Overrides {
@@ -175,12 +176,14 @@ async fn a_silent_client_is_closed_after_missed_pongs() {
         ..Overrides::default()
     }))
     .await;
-    let mut silent = server.connect("/ws/chat/lobby/").await;
+    let mut room = server.connect("/ws/chat/lobby/").await;
+    let mut echo = server.connect("/ws/echo/").await;
 
-    // Not polling the client means its pongs are never sent.
+    // Not polling the clients means their pongs are never sent.
     tokio::time::sleep(Duration::from_millis(3500)).await;
 
-    assert_eq!(silent.closed().await, 1008);
+    assert_eq!(room.closed().await, 1008);
+    assert_eq!(echo.closed().await, 1008);
 }
 
 /// A client that answers pings stays open however long it says nothing,
