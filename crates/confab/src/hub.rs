@@ -253,7 +253,7 @@ mod tests {
     use crate::outbox::Next;
 
     #[tokio::test]
-    async fn a_heartbeat_reaches_the_open_connections_of_its_slot_once() {
+    async fn a_heartbeat_reaches_the_open_connections_of_its_group_once() {
         let hub = Hub::default();
         let (first, mut first_rx) = Outbox::new(4);
         let (second, mut second_rx) = Outbox::new(4);
@@ -266,8 +266,8 @@ mod tests {
         assert_eq!(hub.beat(1), 1);
         assert_eq!(hub.beat(1), 1);
         assert!(matches!(first_rx.next().await, Next::Beat));
-        // Two ticks before the connection looked count as one; the
-        // others' slots have not come yet, and an ended one hears none.
+        // Two ticks before the connection looked count as one; the other
+        // group's turn has not come yet, and an ended connection hears none.
         assert!(first_rx.next().now_or_never().is_none());
         assert!(second_rx.next().now_or_never().is_none());
         assert!(third_rx.next().now_or_never().is_none());

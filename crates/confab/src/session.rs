@@ -6,8 +6,9 @@
 //! kick), the node's heartbeat tick, and queued events (written in one
 //! flush per batch, so several frames cost one syscall); finished
 //! acknowledgements (after the events, so a sender sees its message
-//! before its ack); and the socket. Acks are awaited off the loop (in `pending`), so a
-//! connection keeps receiving while its messages are being stored.
+//! before its ack); and the socket. Acks are awaited off the loop (in
+//! `pending`), so a connection keeps receiving while its messages are
+//! being stored.
 
 use std::sync::Arc;
 
