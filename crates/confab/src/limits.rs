@@ -9,11 +9,13 @@ const ABUSE_WINDOW: Duration = Duration::from_secs(5);
 /// A token bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    // Single precision: every connection carries one, and a token count
+    // needs no more.
+    rate: f32,
+    burst: f32,
+    tokens: f32,
     rejected: u32,
+    last: Instant,
     window_start: Instant,
 }
 
@@ -34,9 +36,9 @@ impl RateLimiter {
     pub fn new(rate: u32, burst: u32) -> Self {
         let now = Instant::now();
         Self {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
+            rate: rate as f32,
+            burst: burst.max(1) as f32,
+            tokens: burst.max(1) as f32,
             last: now,
             rejected: 0,
             window_start: now,
@@ -49,7 +51,7 @@ impl RateLimiter {
             return Verdict::Allow;
         }
         let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
+        let elapsed = now.duration_since(self.last).as_secs_f32();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
@@ -62,7 +64,7 @@ impl RateLimiter {
         }
         self.rejected += 1;
         // Sustained abuse: twice the burst refused within one window.
-        if f64::from(self.rejected) > 2.0 * self.burst {
+        if self.rejected as f32 > 2.0 * self.burst {
             Verdict::Abuse
         } else {
             Verdict::Reject

@@ -140,23 +140,37 @@ impl Handshake {
     }
 }
 
-/// Limits and buffers of every socket. Frames queued with `feed` gather in
-/// the write buffer until it holds 32 KiB or the batch is flushed: several
-/// frames, one syscall; a connection that never writes never allocates it.
-/// Reads go into 256 bytes, grown to a frame's length when one is longer.
+/// Limits and buffers of every socket. tungstenite hands each frame on to
+/// [`Io`] as soon as it is made (`write_buffer_size` 0): its own buffer
+/// never gives memory back, so a burst would leave every connection it
+/// reached holding a batch's worth for good. Reads go into 256 bytes,
+/// grown to a frame's length when one is longer.
 fn config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
         .read_buffer_size(256)
-        .write_buffer_size(32 * 1024)
+        .write_buffer_size(0)
         .max_write_buffer_size(2 * max_frame + 4 * 1024 * 1024)
 }
 
-/// The transport under a WebSocket: the TCP stream itself, with any bytes
-/// hyper read past the handshake replayed first; or, for a transport the
-/// server did not make itself, hyper's upgrade wrapper.
-pub enum Io {
+/// Once this much waits in a socket's write buffer, it is written out
+/// before more is taken.
+const WRITE_HIGH: usize = 32 * 1024;
+
+/// The transport under a WebSocket, with the socket's write buffer:
+/// frames gather there until the batch is flushed (or [`WRITE_HIGH`] is
+/// reached), so several frames cost one syscall, and once it is written
+/// out the buffer is freed, so an idle connection holds none.
+pub struct Io {
+    transport: Transport,
+    out: Vec<u8>,
+}
+
+/// The TCP stream itself, with any bytes hyper read past the handshake
+/// replayed first; or, for a transport the server did not make itself,
+/// hyper's upgrade wrapper.
+enum Transport {
     /// The accepted TCP stream.
     Tcp {
         /// Bytes read with the handshake that belong to the WebSocket
@@ -171,13 +185,35 @@ pub enum Io {
 
 impl From<Upgraded> for Io {
     fn from(upgraded: Upgraded) -> Self {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => Io::Tcp {
+        let transport = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Transport::Tcp {
                 pre: (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf)),
                 tcp: parts.io.into_inner(),
             },
-            Err(upgraded) => Io::Upgraded(Box::new(TokioIo::new(upgraded))),
+            Err(upgraded) => Transport::Upgraded(Box::new(TokioIo::new(upgraded))),
+        };
+        Io {
+            transport,
+            out: Vec::new(),
         }
+    }
+}
+
+impl Io {
+    /// Writes the buffer out; frees it once it is all written.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.transport).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.out.drain(..n);
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out = Vec::new();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -187,8 +223,49 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().transport).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let io = self.get_mut();
+        if io.out.len() >= WRITE_HIGH {
+            std::task::ready!(io.poll_write_out(cx))?;
+        }
+        if io.out.is_empty() && buf.len() >= WRITE_HIGH {
+            // A large frame goes straight out, not copied first.
+            return Pin::new(&mut io.transport).poll_write(cx, buf);
+        }
+        io.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let io = self.get_mut();
+        std::task::ready!(io.poll_write_out(cx))?;
+        Pin::new(&mut io.transport).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let io = self.get_mut();
+        std::task::ready!(io.poll_write_out(cx))?;
+        Pin::new(&mut io.transport).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Tcp { pre, tcp } => {
+            Transport::Tcp { pre, tcp } => {
                 if let Some(bytes) = pre {
                     let n = bytes.len().min(buf.remaining());
                     buf.put_slice(&bytes[..n]);
@@ -200,20 +277,20 @@ impl AsyncRead for Io {
                 }
                 Pin::new(tcp).poll_read(cx, buf)
             }
-            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+            Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Io {
+impl AsyncWrite for Transport {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
-            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
+            Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -223,29 +300,90 @@ impl AsyncWrite for Io {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Tcp { tcp, .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Io::Tcp { tcp, .. } => tcp.is_write_vectored(),
-            Io::Upgraded(io) => io.is_write_vectored(),
+            Transport::Tcp { tcp, .. } => tcp.is_write_vectored(),
+            Transport::Upgraded(io) => io.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Tcp { tcp, .. } => Pin::new(tcp).poll_flush(cx),
-            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_flush(cx),
+            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
-            Io::Upgraded(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: the server's end as an [`Io`], and the client.
+    async fn pair() -> (Io, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let io = Io {
+            transport: Transport::Tcp {
+                pre: None,
+                tcp: accepted.unwrap().0,
+            },
+            out: Vec::new(),
+        };
+        (io, client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn frames_gather_until_the_flush_and_the_buffer_is_freed_once_written() {
+        let (mut io, mut client) = pair().await;
+        io.write_all(b"one").await.unwrap();
+        io.write_all(b"two").await.unwrap();
+        assert_eq!(io.out, b"onetwo", "nothing is written before the flush");
+
+        io.flush().await.unwrap();
+        assert_eq!(io.out.capacity(), 0);
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"onetwo");
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_is_written_out_before_more_is_taken() {
+        let (mut io, mut client) = pair().await;
+        let big = vec![7u8; WRITE_HIGH];
+        io.write_all(b"head").await.unwrap();
+        io.write_all(&big).await.unwrap();
+        assert_eq!(io.out.len(), WRITE_HIGH + 4);
+        io.write_all(b"tail").await.unwrap();
+        assert_eq!(io.out, b"tail", "the full buffer went out first");
+        // A large frame with nothing buffered goes straight out.
+        io.flush().await.unwrap();
+        io.write_all(&big).await.unwrap();
+        assert!(io.out.len() < big.len(), "the large frame was copied first");
+        io.flush().await.unwrap();
+        assert_eq!(io.out.capacity(), 0);
+
+        let mut got = vec![0u8; 2 * WRITE_HIGH + 8];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..4], b"head");
+        assert!(got[4..4 + WRITE_HIGH].iter().all(|&b| b == 7));
+        assert_eq!(&got[4 + WRITE_HIGH..8 + WRITE_HIGH], b"tail");
+        assert!(got[8 + WRITE_HIGH..].iter().all(|&b| b == 7));
     }
 }
