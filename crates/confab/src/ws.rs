@@ -203,15 +203,14 @@ impl Io {
     /// Writes the buffer out; frees it once it is all written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
-            match Pin::new(&mut self.transport).poll_write(cx, &self.out) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.out.drain(..n);
-                }
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
+            let n = std::task::ready!(Pin::new(&mut self.transport).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.out.drain(..n);
         }
+        // Freed rather than kept: an allocation per flushed batch costs
+        // less than every idle connection holding its last batch's size.
         self.out = Vec::new();
         Poll::Ready(Ok(()))
     }
@@ -291,24 +290,6 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
             Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Transport::Tcp { tcp, .. } => tcp.is_write_vectored(),
-            Transport::Upgraded(io) => io.is_write_vectored(),
         }
     }
 

@@ -167,15 +167,20 @@ async fn a_slow_reader_is_closed_alone_and_the_room_keeps_its_pace() {
     assert_eq!(slow.closed().await, 1013);
 }
 
+/// A server that pings every second.
+async fn pinging_every_second() -> TestServer {
+    TestServer::start(settings_with(Overrides {
+        ping_interval: Some(1),
+        ..Overrides::default()
+    }))
+    .await
+}
+
 /// A client that never answers pings is closed after two missed pongs,
 /// on the echo path too.
 #[tokio::test]
 async fn a_silent_client_is_closed_after_missed_pongs() {
-    let server = TestServer::start(settings_with(Overrides {
-        ping_interval: Some(1),
-        ..Overrides::default()
-    }))
-    .await;
+    let server = pinging_every_second().await;
     let mut room = server.connect("/ws/chat/lobby/").await;
     let mut echo = server.connect("/ws/echo/").await;
 
@@ -190,11 +195,7 @@ async fn a_silent_client_is_closed_after_missed_pongs() {
 /// and hears one ping per interval.
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_open() {
-    let server = TestServer::start(settings_with(Overrides {
-        ping_interval: Some(1),
-        ..Overrides::default()
-    }))
-    .await;
+    let server = pinging_every_second().await;
     let mut quiet = server.connect("/ws/chat/lobby/").await;
 
     // Reading answers each ping (tungstenite replies by itself).
