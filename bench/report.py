@@ -73,6 +73,14 @@ def best(steps, p99_max, max_loss=0.1):
     return max(at[max(ok)], key=lambda s: (s.get("latency_ms") or {}).get("p99", 0))
 
 
+def fmt_steal(step):
+    """The host's steal over a step's window, server's CPU then the bench's."""
+    st = step.get("host_steal_pct") or {}
+    if st.get("server") is None and st.get("bench") is None:
+        return "-"
+    return ", ".join("-" if st.get(k) is None else f"{st[k]:.1f}" for k in ("server", "bench"))
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -280,7 +288,8 @@ def main():
     meta = json.load(open(a.meta))
     commands = [c.rstrip("\n") for c in open(a.commands)]
 
-    steps = defaultdict(list)  # (server, scenario) -> fanout steps
+    steps = defaultdict(list)  # (server, scenario) -> fanout steps that count
+    listed = defaultdict(list)  # the same, with the disturbed steps run again
     conns = defaultdict(list)
     servers = []
     for r in rows:
@@ -288,7 +297,9 @@ def main():
         if server not in servers:
             servers.append(server)
         if r.get("kind") == "fanout":
-            steps[(server, sc)].append(r)
+            listed[(server, sc)].append(r)
+            if not r.get("superseded"):
+                steps[(server, sc)].append(r)
         elif r.get("kind") == "conns":
             conns[server].append(r)
 
@@ -330,7 +341,12 @@ def main():
              "loss at most 0.1%. Server CPU is read from `/proc/<pid>/stat` over the window; "
              "server memory from `/proc/<pid>/status` (VmRSS). When the load generator itself "
              "used more than 90% of its core, the step is marked *bench saturated*: the "
-             "server could do at least that much.")
+             "server could do at least that much. The host's steal time (`/proc/stat`: the "
+             "hypervisor running another guest while a CPU of this one had work) is read "
+             "over each window for the server's CPU and the bench's; a sweep step that "
+             f"missed p99 <= 10 ms while either lost more than {meta.get('max_steal', 1):g}% "
+             "of its time that way is *disturbed*: it is listed below but run again, up "
+             "to twice, and the last run counts, for every server alike.")
     L.append("")
 
     # ---- fan-out summary
@@ -402,6 +418,12 @@ def main():
                      "stopped reading the publishers' sockets for that long, so the latency "
                      "there is the server's, not the bench's.")
             L.append("")
+    reran = [f"{SERVER_NAMES.get(server, server).split(' (')[0]} {sc}: {n}"
+             for (server, sc), st in sorted(listed.items())
+             if (n := sum(1 for s in st if s.get("superseded")))]
+    L.append("Sweep steps disturbed by the host and run again (see \"How it is measured\"): "
+             + ("; ".join(reran) if reran else "none") + ".")
+    L.append("")
     svg_name = a.svg_link
     L.append(f"![p99 latency against offered load]({svg_name})")
     L.append("")
@@ -448,13 +470,16 @@ def main():
     L.append("<details><summary>Every sweep step</summary>")
     L.append("")
     L.append("| scenario | server | offered deliv/s | delivered/s | loss % | dup | p50 ms | p99 ms "
-             "| p99.9 ms | max ms | server CPU us/deliv | bench CPU | errors |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for (server, sc), st in sorted(steps.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+             "| p99.9 ms | max ms | server CPU us/deliv | bench CPU | host steal % server, bench "
+             "| errors |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for (server, sc), st in sorted(listed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         for s in st:
             lat = s.get("latency_ms") or {}
             srv = s.get("server") or {}
             errs = "; ".join(s.get("errors") or [])[:120]
+            if s.get("superseded"):
+                errs = "disturbed: run again" + (f"; {errs}" if errs else "")
             L.append(
                 f"| {sc} | {server} | {fmt_int(s.get('offered_deliveries_per_s'))} "
                 f"| {fmt_int(s.get('delivered_per_s'))} | {s.get('loss_pct', float('nan')):.3f} "
@@ -462,7 +487,7 @@ def main():
                 f"| {fmt_ms(lat.get('p999'))} | {fmt_ms(lat.get('max'))} "
                 f"| {srv.get('cpu_us_per_delivery', 0):.2f} "
                 f"| {100 * s.get('bench_cpu_util', 0):.0f}%{' (saturated)' if s.get('bench_saturated') else ''} "
-                f"| {errs} |"
+                f"| {fmt_steal(s)} | {errs} |"
             )
     L.append("")
     L.append("</details>")

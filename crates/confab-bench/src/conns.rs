@@ -244,6 +244,7 @@ pub async fn run(cfg: &ConnsCfg) -> anyhow::Result<Value> {
         "server_kib_per_conn": per_conn,
         "server_cpu_secs": usage.server_secs,
         "bench_cpu_secs": usage.own_secs,
+        "host_steal_pct": usage.steal_json(),
         "echo_probe_ms": probe.as_ref().ok(),
         "errors": errs,
     }))

@@ -68,6 +68,11 @@ enum Cmd {
         /// every step at it held, so a lucky step is tried again.
         #[arg(long, default_value_t = 2)]
         confirm: usize,
+        /// A step that misses the 10 ms bound while the host stole more
+        /// than this percentage of the server's or the bench's CPU time
+        /// is marked disturbed and run again (up to twice); 0 turns that off.
+        #[arg(long, default_value_t = 1.0)]
+        max_steal: f64,
     },
     /// Open N idle connections; report connect rate, failures and server RSS per connection.
     Conns(ConnsArgs),
@@ -225,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             max_loss,
             refine,
             confirm,
+            max_steal,
         } => {
             let cfg = fanout_cfg(f, cores)?;
             if *factor <= 1.0 {
@@ -237,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 max_loss_pct: *max_loss,
                 refine: (*refine).min(8),
                 confirm: (*confirm).min(8),
+                max_steal_pct: *max_steal,
             };
             let json = cli.json;
             let v = fanout::sweep(&cfg, &sw, |step| emit(json, step)).await?;
