@@ -405,10 +405,13 @@ def main():
     # is near a full core, means the server stopped reading its publishers
     # (TCP pushed back on the bench's write): the latency there is the
     # server's. Saturated steps lag anyway, so they are left out.
-    for (server, sc), st in sorted(steps.items()):
+    # Nor is it the server's when the host stole the bench's CPU time.
+    max_steal = meta.get("max_steal", 1)
+    for (server, sc), st in sorted(listed.items()):
         lagging = [s for s in st if s.get("send_lag_ms") and s["send_lag_ms"]["p99"] > 20
                    and (s.get("server") or {}).get("cpu_util", 1) < 0.9
-                   and not s.get("bench_saturated")]
+                   and not s.get("bench_saturated")
+                   and ((s.get("host_steal_pct") or {}).get("bench") or 0) <= max_steal]
         if lagging:
             worst = max(lagging, key=lambda s: s["send_lag_ms"]["p99"])
             L.append(f"Note on {SERVER_NAMES.get(server, server)} {sc}: in {len(lagging)} "
