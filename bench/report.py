@@ -19,8 +19,10 @@ SERVER_NAMES = {
     "confab2": "Confab x2 nodes (Redis broker)",
     "node": "Node ws",
     "django": "Django Channels (daphne + channels_redis)",
+    "bare": "bare fan-out (reference)",
 }
-COLORS = {"confab": "#d62728", "confab2": "#ff7f0e", "node": "#1f77b4", "django": "#2ca02c"}
+COLORS = {"confab": "#d62728", "confab2": "#ff7f0e", "node": "#1f77b4", "django": "#2ca02c",
+          "bare": "#7f7f7f"}
 
 
 def load(path):
@@ -199,6 +201,43 @@ def targets(steps, fixed, conns):
     return out
 
 
+def against_reference(steps):
+    """Rows of the reference table: for S1 and S2, the bare fan-out's knee
+    at p99 <= 10 ms, each server's knee as a share of it, where 3x Node's
+    knee falls against it, and the server CPU per delivery of Confab and
+    the reference at the highest offered load both held at p99 <= 100 ms."""
+    rows = []
+    for sc in ("S1", "S2"):
+        ref = best(steps.get(("bare", sc), []), 10)
+        if not ref:
+            continue
+        r = ref["offered_deliveries_per_s"]
+        knees = {}
+        for server in ("confab", "node", "django"):
+            b = best(steps.get((server, sc), []), 10)
+            knees[server] = b["offered_deliveries_per_s"] if b else None
+        shares = "; ".join(
+            f"{SERVER_NAMES[server].split(' (')[0]} {fmt_int(k) if k else 'none'}"
+            + (f" ({100 * k / r:.0f}%)" if k else "")
+            for server, k in knees.items() if (server, sc) in steps)
+        three = 3 * knees["node"] if knees.get("node") else None
+        where = (f"{fmt_int(three)}: {three / r:.2f}x the reference's" if three else "-")
+        held_at = lambda server: {s["offered_deliveries_per_s"]: s for s in steps.get((server, sc), [])
+                                  if held(s, 0.1, 100)}
+        mine, theirs = held_at("confab"), held_at("bare")
+        common = sorted(set(mine) & set(theirs))
+        cpu = "-"
+        if common:
+            at = common[-1]
+            cu = (mine[at].get("server") or {}).get("cpu_us_per_delivery")
+            bu = (theirs[at].get("server") or {}).get("cpu_us_per_delivery")
+            if cu and bu:
+                cpu = f"{cu:.2f} against {bu:.2f} us ({cu / bu:.2f}x) at {fmt_int(at)}/s"
+        rows.append((sc, fmt_int(r) + (" (bench saturated)" if ref.get("bench_saturated") else ""),
+                     shares, where, cpu))
+    return rows
+
+
 def svg_plot(series_by_panel, path):
     """series_by_panel: [(title, {server: [(x_deliveries, y_p99_ms, saturated)]})]"""
     pw, ph, ml, mr, mt, mb = 430, 320, 60, 15, 30, 45
@@ -315,6 +354,11 @@ def main():
     L.append("- **Django Channels**: the official tutorial's `ChatConsumer` (room group "
              "broadcast) under daphne with `channels_redis` on the local Redis "
              "(`bench/peers/django_chat/`).")
+    L.append("- **bare fan-out**, a reference rather than a peer: one epoll loop (mio) that "
+             "writes each frame to every member of its room, the frames of one turn of the "
+             "loop gathered per socket, and does nothing else: no history, no limits, no "
+             "heartbeat (`crates/confab-bench/src/bin/bare-fanout.rs`). What it holds is what "
+             "this host and this load generator allow at all.")
     L.append("")
     L.append("Every figure on this page was produced by `bench/compare`"
              + (" **in `--quick` mode (very short runs: indicative only)**" if meta.get("quick") else "")
@@ -467,6 +511,22 @@ def main():
         L.append("|---|---|---|---|")
         for t in targets(steps, fixed, conns):
             L.append("| " + " | ".join(t) + " |")
+        L.append("")
+    ref_rows = against_reference(steps)
+    if ref_rows:
+        L.append("## Against the reference (computed from this run)")
+        L.append("")
+        L.append("Each server's knee at p99 <= 10 ms as a share of the bare fan-out's, "
+                 "measured in the same run by the same load generator: the reference "
+                 "writes each frame and does nothing else, so no server that does more "
+                 "can be expected past it here.")
+        L.append("")
+        L.append("| scenario | reference knee at p99 <= 10 ms | servers' knees (share of the "
+                 "reference's) | 3x Node's knee | server CPU per delivery, Confab against "
+                 "the reference |")
+        L.append("|---|---:|---|---|---|")
+        for row in ref_rows:
+            L.append("| " + " | ".join(row) + " |")
         L.append("")
 
     # ---- per-step detail
