@@ -202,6 +202,7 @@ async fn publish(broker: &dyn Broker, stored: &Stored) {
 mod tests {
     use super::*;
     use crate::protocol::{DirectMessage, RoomMessage, RoomName, UserName};
+    use crate::store::PageQuery;
 
     fn room(id: i64) -> Stored {
         Stored::Room(RoomMessage {
@@ -258,6 +259,66 @@ mod tests {
         assert_eq!(due(r, dm(4)).dms.into_iter().collect::<Vec<_>>(), [bob]);
         // A small window prunes on every message.
         assert!(!due(Retention::keep(5), dm(7)).is_empty());
+    }
+
+    /// A file store whose deletes of room messages fail: a trigger,
+    /// installed over a connection of its own, refuses them.
+    async fn refusing_deletes(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.path().join("confab.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let mut admin = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse_deletes BEFORE DELETE ON messages \
+             BEGIN SELECT RAISE(ABORT, 'deletes refused'); END",
+        )
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        store
+    }
+
+    fn say(body: &str) -> Draft {
+        Draft::Room {
+            room: RoomName::parse("lobby").unwrap(),
+            from: UserName::parse("ann").unwrap(),
+            body: body.into(),
+            client_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_prune_fails_is_stored_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = refusing_deletes(&dir).await;
+        let lobby = RoomName::parse("lobby").unwrap();
+        let mut none = Prune::keeping(4);
+        let first: Vec<Draft> = (1..=3).map(|i| say(&format!("m{i}"))).collect();
+        append(&*store, &first, &mut none).await.unwrap();
+
+        let mut prune = Prune::keeping(4);
+        prune.room(lobby.clone(), 2);
+        let stored = append(&*store, &[say("m4")], &mut prune)
+            .await
+            .expect("the batch is stored once the prune is dropped");
+        assert_eq!(stored.len(), 1);
+        assert!(prune.is_empty(), "the refused prune is not carried on");
+
+        let q = PageQuery {
+            before: None,
+            after: None,
+            limit: 10,
+        };
+        let page = store.room_page(&lobby, q).await.unwrap();
+        let ids: Vec<i64> = page.items.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4], "nothing was deleted, nothing lost");
+
+        // A prune alone has no batch to save: it fails, and is dropped.
+        prune.room(lobby.clone(), 3);
+        assert!(append(&*store, &[], &mut prune).await.is_err());
+        assert!(prune.is_empty());
+        assert_eq!(store.room_page(&lobby, q).await.unwrap().items.len(), 4);
+        store.close().await;
     }
 
     #[test]
