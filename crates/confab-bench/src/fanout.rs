@@ -783,7 +783,42 @@ const DISTURBED_RERUNS: usize = 2;
 /// either side's CPU time than `sw` allows: then it says more about the
 /// host than about the server.
 fn disturbed_miss(outcome: &Outcome, steal_pct: f64, sw: &SweepCfg) -> bool {
-    sw.max_steal_pct > 0.0 && steal_pct > sw.max_steal_pct && !outcome.held(BOUNDS_MS[0])
+    disturbed(steal_pct, sw.max_steal_pct) && !outcome.held(BOUNDS_MS[0])
+}
+
+/// Whether the host stole more than `max_steal_pct` of either side's CPU
+/// time over a step's window (0: no limit).
+pub fn disturbed(steal_pct: f64, max_steal_pct: f64) -> bool {
+    max_steal_pct > 0.0 && steal_pct > max_steal_pct
+}
+
+/// The host's steal over a step's window: the higher of the server's
+/// CPUs' and the bench's, in percent.
+pub fn steal_of(res: &Value) -> f64 {
+    res["host_steal_max_pct"].as_f64().unwrap_or(0.0)
+}
+
+/// Runs `cfg` until the host leaves a run alone: a run that `spoiled`
+/// says the host disturbed is handed to `on_run` with `"superseded":
+/// true` and run again, up to [`DISTURBED_RERUNS`] times, and the last run
+/// counts as it is. Returns that run and how many went before it.
+pub async fn run_undisturbed(
+    cfg: &FanoutCfg,
+    spoiled: impl Fn(&Value) -> bool,
+    mut on_run: impl FnMut(&Value),
+) -> anyhow::Result<(Value, usize)> {
+    let mut reruns = 0;
+    loop {
+        let mut res = run(cfg).await?;
+        let rerun = reruns < DISTURBED_RERUNS && spoiled(&res);
+        res["superseded"] = json!(rerun);
+        on_run(&res);
+        if !rerun {
+            return Ok((res, reruns));
+        }
+        reruns += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Picks the next rate to try for a bound, if any.
@@ -861,38 +896,29 @@ pub async fn sweep(
     // tighter bound while the host stole CPU time from either side is
     // reported with `"superseded": true` and run again: one busy
     // neighbour must not set a knee, for any server.
+    let outcome_of = |rate: f64, res: &Value| Outcome {
+        rate,
+        clean: res["loss_pct"].as_f64().unwrap_or(100.0) <= sw.max_loss_pct
+            && res["errors"].as_array().is_none_or(|e| e.is_empty()),
+        p99_ms: res["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX),
+    };
     let mut step = async |rate: f64| -> Option<(Outcome, Value)> {
         let mut c = cfg.clone();
         c.rate = rate;
-        let mut reruns = 0;
-        let (res, outcome) = loop {
-            steps += 1;
-            let mut res = match run(&c).await {
-                Ok(r) => r,
-                Err(e) => {
-                    on_step(&json!({"kind": "fanout", "label": cfg.label, "rate": rate,
-                                    "offered_deliveries_per_s": rate * cfg.members as f64,
-                                    "errors": [format!("{e:#}")]}));
-                    return None;
-                }
-            };
-            let outcome = Outcome {
-                rate,
-                clean: res["loss_pct"].as_f64().unwrap_or(100.0) <= sw.max_loss_pct
-                    && res["errors"].as_array().is_none_or(|e| e.is_empty()),
-                p99_ms: res["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX),
-            };
-            let steal = res["host_steal_max_pct"].as_f64().unwrap_or(0.0);
-            let rerun = reruns < DISTURBED_RERUNS && disturbed_miss(&outcome, steal, sw);
-            res["superseded"] = json!(rerun);
-            on_step(&res);
-            if !rerun {
-                break (res, outcome);
+        let spoiled = |res: &Value| disturbed_miss(&outcome_of(rate, res), steal_of(res), sw);
+        let (res, reruns) = match run_undisturbed(&c, spoiled, &mut on_step).await {
+            Ok(done) => done,
+            Err(e) => {
+                steps += 1;
+                on_step(&json!({"kind": "fanout", "label": cfg.label, "rate": rate,
+                                "offered_deliveries_per_s": rate * cfg.members as f64,
+                                "errors": [format!("{e:#}")]}));
+                return None;
             }
-            reruns += 1;
-            disturbed += 1;
-            tokio::time::sleep(Duration::from_millis(300)).await;
         };
+        steps += 1 + reruns;
+        disturbed += reruns;
+        let outcome = outcome_of(rate, &res);
         let summary = json!({
             "rate": rate,
             "offered_deliveries_per_s": res["offered_deliveries_per_s"],
