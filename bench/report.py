@@ -452,10 +452,13 @@ def main():
         L.append("No Confab figures in this run, so no ratios.")
         L.append("")
     # A paced send that goes out late, while neither the server nor the bench
-    # is near a full core, means the server stopped reading its publishers
-    # (TCP pushed back on the bench's write): the latency there is the
-    # server's. Saturated steps lag anyway, so they are left out.
-    # Nor is it the server's when the host stole the bench's CPU time.
+    # is near a full core and the host left the bench alone: the publishers
+    # share the bench's one thread with its readers, so they run late when
+    # the server releases many deliveries at once, and the deliveries read
+    # late in such a burst have waited in the bench as well as in the
+    # server. (A publisher's write does not block there: the socket buffers
+    # between it and the server hold far more than a stall's worth of its
+    # messages.) Saturated steps lag anyway, so they are left out.
     max_steal = meta.get("max_steal", 1)
     for (server, sc), st in sorted(listed.items()):
         lagging = [s for s in st if s.get("send_lag_ms") and s["send_lag_ms"]["p99"] > 20
@@ -467,9 +470,10 @@ def main():
             L.append(f"Note on {SERVER_NAMES.get(server, server)} {sc}: in {len(lagging)} "
                      f"step(s) below saturation the publishers' paced sends went out late "
                      f"(send lag p99 up to {worst['send_lag_ms']['p99']:.0f} ms at "
-                     f"{fmt_int(worst['offered_deliveries_per_s'])} deliveries/s): the server "
-                     "stopped reading the publishers' sockets for that long, so the latency "
-                     "there is the server's, not the bench's.")
+                     f"{fmt_int(worst['offered_deliveries_per_s'])} deliveries/s). The "
+                     "publishers share the bench's one thread with its readers, so they run "
+                     "late when the server releases many deliveries at once; the deliveries "
+                     "read late in such a burst waited in the bench as well as in the server.")
             L.append("")
     reran = [f"{SERVER_NAMES.get(server, server).split(' (')[0]} {sc}: {n}"
              for (server, sc), st in sorted(listed.items())
@@ -610,17 +614,21 @@ def main():
     else:
         L.append("The load generator never used more than 90% of its core in this run.")
     L.append("")
-    L.append("Profiling `confab-bench` under load (`perf record`) shows about 90% of its CPU "
-             "in the kernel: one `recv` per TCP segment plus the ACK it triggers, processed "
-             "on loopback. Its own code (frame parsing, stamp scanning, histogram, duplicate "
-             "bitmap) costs about 0.2 us per delivery. So its ceiling depends on how many "
-             "frames the server packs per segment: a server that writes one frame per segment "
-             "costs the bench a syscall per delivery (roughly 400,000 deliveries/s on one core "
-             "here), one that coalesces frames lets it go much further. `--delayed-ack` turns "
-             "TCP_QUICKACK off on the bench's sockets, which cuts its CPU by about 4x, but it "
-             "changes what is measured: a server that leaves Nagle's algorithm on (no "
-             "TCP_NODELAY) then waits for those delayed ACKs and its latency climbs to "
-             "hundreds of milliseconds. It is off in every figure on this page.")
+    L.append("Profiling `confab-bench` under load (`perf record`) shows most of its CPU in the "
+             "kernel: one `recv` per TCP segment, the ACK it sends, and on loopback the "
+             "server socket's handling of that ACK. Its own code (frame parsing, stamp "
+             "scanning, histogram, duplicate bitmap) costs about 0.2 us per delivery. So its "
+             "ceiling depends on how many frames the server packs per segment: in S1 a "
+             "server that coalesces lets it take a whole batch per `recv`, while in S2 "
+             "nearly every frame is its own segment and costs the bench 8-10 us of its "
+             "core (36-42% of it against the reference at 42,950 deliveries/s), which "
+             "caps what S2 can show on one core of this host (see \"S2 "
+             "against the reference\" below). "
+             "`--delayed-ack` turns TCP_QUICKACK off on the bench's sockets, which Linux "
+             "turns back on at the first delayed-ACK timeout; in S2 it changed nothing "
+             "measurable. It also changes what is measured (a server that leaves Nagle's "
+             "algorithm on waits for those delayed ACKs), and it is off in every figure "
+             "on this page.")
     L.append("")
     L.append("## Running the tools by hand")
     L.append("")
