@@ -264,6 +264,14 @@ impl Overrides {
 }
 
 impl Settings {
+    /// The rate every connection may send at.
+    pub fn rate(&self) -> crate::limits::Rate {
+        crate::limits::Rate {
+            per_second: self.rate_limit,
+            burst: self.rate_burst,
+        }
+    }
+
     /// Flags and variables (`cli`), then the file they name, then defaults.
     pub fn load(cli: Overrides, file: Option<&PathBuf>) -> anyhow::Result<Settings> {
         let file = match file {

@@ -6,17 +6,28 @@ use tokio::time::{Duration, Instant};
 /// How long rejected frames are counted before the count starts over.
 const ABUSE_WINDOW: Duration = Duration::from_secs(5);
 
-/// A token bucket: `rate` tokens a second, holding at most `burst`.
+/// How fast one connection may send: `per_second` frames a second, in
+/// bursts of up to `burst`; a `per_second` of 0 allows everything. The
+/// node's setting, shared by every connection's [`RateLimiter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Frames a second.
+    pub per_second: u32,
+    /// The most frames at once.
+    pub burst: u32,
+}
+
+/// A token bucket with a [`Rate`], and the refusals counted for the abuse
+/// rule. Every connection carries one, so it holds only what changes:
+/// single precision for the counts, and the abuse window as its age at
+/// the last frame rather than a second instant.
 #[derive(Debug)]
 pub struct RateLimiter {
-    // Single precision: every connection carries one, and a token count
-    // needs no more.
-    rate: f32,
-    burst: f32,
     tokens: f32,
     rejected: u32,
+    /// Seconds from the abuse window's start to `last`.
+    window_age: f32,
     last: Instant,
-    window_start: Instant,
 }
 
 /// What the limiter says of one frame.
@@ -30,41 +41,46 @@ pub enum Verdict {
     Abuse,
 }
 
+impl Rate {
+    fn burst(self) -> f32 {
+        self.burst.max(1) as f32
+    }
+}
+
 impl RateLimiter {
-    /// `rate` frames a second with bursts of `burst`; a `rate` of 0 allows
-    /// everything.
-    pub fn new(rate: u32, burst: u32) -> Self {
-        let now = Instant::now();
+    /// A full bucket.
+    pub fn new(rate: Rate) -> Self {
         Self {
-            rate: rate as f32,
-            burst: burst.max(1) as f32,
-            tokens: burst.max(1) as f32,
-            last: now,
+            tokens: rate.burst(),
             rejected: 0,
-            window_start: now,
+            window_age: 0.0,
+            last: Instant::now(),
         }
     }
 
     /// Takes a token for one frame.
-    pub fn check(&mut self) -> Verdict {
-        if self.rate == 0.0 {
+    pub fn check(&mut self, rate: Rate) -> Verdict {
+        if rate.per_second == 0 {
             return Verdict::Allow;
         }
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f32();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        // Once past the window it stays past: an age that large no longer
+        // grows by small steps, and need not.
+        self.window_age += elapsed;
+        self.tokens = (self.tokens + elapsed * rate.per_second as f32).min(rate.burst());
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Allow;
         }
-        if now.duration_since(self.window_start) > ABUSE_WINDOW {
-            self.window_start = now;
+        if self.window_age > ABUSE_WINDOW.as_secs_f32() {
+            self.window_age = 0.0;
             self.rejected = 0;
         }
         self.rejected += 1;
         // Sustained abuse: twice the burst refused within one window.
-        if self.rejected as f32 > 2.0 * self.burst {
+        if self.rejected as f32 > 2.0 * rate.burst() {
             Verdict::Abuse
         } else {
             Verdict::Reject
@@ -76,24 +92,49 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    const TEN_A_SECOND: Rate = Rate {
+        per_second: 10,
+        burst: 5,
+    };
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_passes_then_the_rate_holds_then_abuse_is_called() {
-        let mut limiter = RateLimiter::new(10, 5);
+        let rate = TEN_A_SECOND;
+        let mut limiter = RateLimiter::new(rate);
         for _ in 0..5 {
-            assert_eq!(limiter.check(), Verdict::Allow);
+            assert_eq!(limiter.check(rate), Verdict::Allow);
         }
-        assert_eq!(limiter.check(), Verdict::Reject);
+        assert_eq!(limiter.check(rate), Verdict::Reject);
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(limiter.check(), Verdict::Allow);
+        assert_eq!(limiter.check(rate), Verdict::Allow);
         // One refused already; abuse is the eleventh refusal in the window.
-        let verdicts: Vec<_> = (0..10).map(|_| limiter.check()).collect();
+        let verdicts: Vec<_> = (0..10).map(|_| limiter.check(rate)).collect();
         assert_eq!(verdicts.last(), Some(&Verdict::Abuse));
         assert!(verdicts[..9].iter().all(|v| *v == Verdict::Reject));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_counted_afresh_once_the_window_has_passed() {
+        let rate = TEN_A_SECOND;
+        let mut limiter = RateLimiter::new(rate);
+        let verdicts: Vec<_> = (0..15).map(|_| limiter.check(rate)).collect();
+        // Five pass, ten are refused: one more in this window is abuse.
+        assert!(verdicts[5..].iter().all(|v| *v == Verdict::Reject));
+        tokio::time::advance(ABUSE_WINDOW + Duration::from_millis(10)).await;
+        // The bucket refilled (five pass); the window's refusals are gone.
+        let verdicts: Vec<_> = (0..15).map(|_| limiter.check(rate)).collect();
+        assert!(verdicts[..5].iter().all(|v| *v == Verdict::Allow));
+        assert!(verdicts[5..].iter().all(|v| *v == Verdict::Reject));
+        assert_eq!(limiter.check(rate), Verdict::Abuse);
+    }
+
     #[test]
     fn a_zero_rate_allows_everything() {
-        let mut limiter = RateLimiter::new(0, 0);
-        assert!((0..10_000).all(|_| limiter.check() == Verdict::Allow));
+        let rate = Rate {
+            per_second: 0,
+            burst: 0,
+        };
+        let mut limiter = RateLimiter::new(rate);
+        assert!((0..10_000).all(|_| limiter.check(rate) == Verdict::Allow));
     }
 }

@@ -143,36 +143,59 @@ enum Flow {
     Goodbye,
 }
 
-/// Opens the socket and runs the connection to its end. This future is
-/// what every idle connection's task holds: keep its arguments small (each
-/// keeps a slot for the task's lifetime) and box what runs rarely.
-pub async fn run(node: Arc<Node>, handshake: Handshake, kind: Kind, _permit: ConnPermit) {
-    let Some(mut socket) = handshake.open().await else {
+/// Opens the socket and runs the connection to its end.
+///
+/// The returned future is what every idle connection's task holds, so it
+/// is kept small: its arguments go into one box, emptied as the connection
+/// opens (an argument of an `async fn` keeps a slot for the task's whole
+/// life), opening runs in a boxed future of its own, and so does whatever
+/// else runs rarely.
+pub fn run(
+    node: Arc<Node>,
+    handshake: Handshake,
+    kind: Kind,
+    permit: ConnPermit,
+) -> impl std::future::Future<Output = ()> + Send {
+    connection(Box::new(Start {
+        node,
+        handshake,
+        kind,
+        permit,
+    }))
+}
+
+/// What a connection's task starts from.
+struct Start {
+    node: Arc<Node>,
+    handshake: Handshake,
+    kind: Kind,
+    permit: ConnPermit,
+}
+
+/// A connection opened and bound, with what must live as long as it.
+struct Opened {
+    socket: WebSocket,
+    session: Session,
+    rx: Inbox,
+    /// Whether binding it (a tutorial connection to its room) went well.
+    started: Result<(), Close>,
+    counted: crate::metrics::ConnGuard,
+    permit: ConnPermit,
+}
+
+async fn connection(start: Box<Start>) {
+    let Some(Opened {
+        mut socket,
+        mut session,
+        mut rx,
+        started,
+        counted: _counted,
+        permit: _permit,
+    }) = Box::pin(open(start)).await
+    else {
         return;
     };
-    let _counted = node.metrics.connection(&kind);
-    if let Kind::Echo = kind {
-        return Box::pin(echo(node, socket)).await;
-    }
-    let (outbox, mut rx) = Outbox::new(node.settings.outbound_queue);
-    let outbox = match kind {
-        Kind::Seed { .. } => outbox.chat_only(),
-        _ => outbox,
-    };
-    let conn = node.hub.next_conn();
-    node.hub.open(conn, &outbox);
-    let mut session = Session {
-        limiter: RateLimiter::new(node.settings.rate_limit, node.settings.rate_burst),
-        node,
-        conn,
-        outbox,
-        encoding: Encoding::Native,
-        user: None,
-        rooms: Joined::default(),
-        dm_high: 0,
-        seed: None,
-    };
-    let close = match Box::pin(session.start(&mut socket, kind)).await {
+    let close = match started {
         Ok(()) => session.run(&mut socket, &mut rx).await,
         Err(close) => Some(close),
     };
@@ -183,6 +206,50 @@ pub async fn run(node: Arc<Node>, handshake: Handshake, kind: Kind, _permit: Con
     if let Some(close) = close {
         Box::pin(close_socket(&mut socket, close)).await;
     }
+}
+
+/// Finishes the handshake and binds the connection; `None` once it is
+/// over already (the client left first, or an echo connection ran here).
+async fn open(start: Box<Start>) -> Option<Opened> {
+    let Start {
+        node,
+        handshake,
+        kind,
+        permit,
+    } = *start;
+    let mut socket = handshake.open().await?;
+    let counted = node.metrics.connection(&kind);
+    if let Kind::Echo = kind {
+        echo(node, socket).await;
+        return None;
+    }
+    let (outbox, rx) = Outbox::new(node.settings.outbound_queue);
+    let outbox = match kind {
+        Kind::Seed { .. } => outbox.chat_only(),
+        _ => outbox,
+    };
+    let conn = node.hub.next_conn();
+    node.hub.open(conn, &outbox);
+    let mut session = Session {
+        limiter: RateLimiter::new(node.settings.rate()),
+        node,
+        conn,
+        outbox,
+        encoding: Encoding::Native,
+        user: None,
+        rooms: Joined::default(),
+        dm_high: 0,
+        seed: None,
+    };
+    let started = session.start(&mut socket, kind).await;
+    Some(Opened {
+        socket,
+        session,
+        rx,
+        started,
+        counted,
+        permit,
+    })
 }
 
 struct SeedState {
@@ -262,15 +329,17 @@ impl Session {
                             return None;
                         }
                     }
+                    // Boxed, as the reply below: inline, either would widen
+                    // every connection's task (`run`).
                     Next::Beat => {
-                        if let Err(close) = heartbeat.beat(socket).await {
+                        if let Err(close) = Box::pin(heartbeat.beat(socket)).await {
                             return close;
                         }
                     }
                 },
                 Some(reply) = pending.next(), if !pending.is_empty() => {
                     if let Some(text) = reply {
-                        if write(socket, Message::Text(text.into())).await.is_err() {
+                        if Box::pin(write(socket, Message::Text(text.into()))).await.is_err() {
                             return None;
                         }
                     }
@@ -329,8 +398,11 @@ impl Session {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(delivery) = next.take() {
+            // Ready before the frame is made, so that no frame waits in
+            // this future: it is part of every connection's task (`run`).
+            ready(socket).await?;
             if let Some(frame) = self.frame_for(&delivery) {
-                socket.feed(Message::Text(frame)).await?;
+                socket.start_send_unpin(Message::Text(frame))?;
                 written += 1;
             }
             if written < WRITE_BATCH {
@@ -391,7 +463,7 @@ impl Session {
     }
 
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str, pending: &mut Pending) -> Flow {
-        match self.limiter.check() {
+        match self.limiter.check(self.node.settings.rate()) {
             Verdict::Allow => {}
             Verdict::Abuse => return Flow::Close(Close::FLOOD),
             Verdict::Reject => {
@@ -895,6 +967,11 @@ fn seed_error(dialect: Dialect, refusal: &Refusal) -> Message {
 
 async fn write(socket: &mut WebSocket, msg: Message) -> Result<(), crate::ws::Error> {
     socket.send(msg).await
+}
+
+/// Waits until the socket takes a frame.
+async fn ready(socket: &mut WebSocket) -> Result<(), crate::ws::Error> {
+    std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).await
 }
 
 /// The close code for a read error, if the peer can still be told.
