@@ -5,22 +5,37 @@ import { chromium } from 'playwright-core';
 
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 
+const LAUNCH_ATTEMPTS = 2;
+const LAUNCH_TIMEOUT_MS = 55000;
+
+// A browser that has not started within the timeout is tried once more: a
+// first start on a new or busy machine can stall (font caches, profile
+// set-up) where a second one does not. Both attempts fit in one test's
+// 120 s budget.
 export async function launchBrowser() {
   if (!existsSync(CHROMIUM)) throw new Error(`no browser at ${CHROMIUM}: see tests/browser/run.sh`);
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30000,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await chromium.launch({
+        executablePath: CHROMIUM,
+        headless: true,
+        timeout: LAUNCH_TIMEOUT_MS,
+        args: [
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-background-networking',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-component-update',
+          '--disable-sync',
+        ],
+      });
+    } catch (err) {
+      if (attempt >= LAUNCH_ATTEMPTS) throw err;
+      const first = String(err.message ?? err).split('\n')[0];
+      console.error(`# chromium did not start (attempt ${attempt} of ${LAUNCH_ATTEMPTS}): ${first}`);
+    }
+  }
 }
 
 /**
