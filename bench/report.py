@@ -119,6 +119,14 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def idle(conns, server, count):
+    """The server's idle-connection run at `count` connections, if measured."""
+    for c in conns.get(server, []):
+        if c.get("requested") == count and c.get("server_kib_per_conn") is not None:
+            return c
+    return None
+
+
 def targets(steps, fixed, conns):
     """The issue's targets, computed from this run: [(target, Confab, peers, met)].
     `fixed` maps (server, fixed load) to its `fixed_figures`."""
@@ -166,13 +174,7 @@ def targets(steps, fixed, conns):
             "yes" if met else "**no**",
         ))
 
-    def idle(server, count):
-        for c in conns.get(server, []):
-            if c.get("requested") == count and c.get("server_kib_per_conn") is not None:
-                return c
-        return None
-
-    c10, n10 = idle("confab", 10000), idle("node", 10000)
+    c10, n10 = idle(conns, "confab", 10000), idle(conns, "node", 10000)
     if c10 and n10:
         r = c10["server_kib_per_conn"] / n10["server_kib_per_conn"]
         out.append((
@@ -543,10 +545,8 @@ def main():
         for row in ref_rows:
             L.append("| " + " | ".join(row) + " |")
         L.append("")
-        idle = {server: c for server in ("confab", "bare") for c in conns.get(server, [])
-                if c.get("requested") == 10000 and c.get("server_kib_per_conn") is not None}
-        if len(idle) == 2:
-            c, b = idle["confab"], idle["bare"]
+        c, b = idle(conns, "confab", 10000), idle(conns, "bare", 10000)
+        if c and b:
             L.append(f"Idle connections (S3, 10,000): Confab holds "
                      f"{c['server_kib_per_conn']:.2f} KiB each against the reference's "
                      f"{b['server_kib_per_conn']:.2f} "

@@ -42,7 +42,8 @@ pub enum Verdict {
 }
 
 impl Rate {
-    fn burst(self) -> f32 {
+    /// The bucket's size: `burst`, at least one frame.
+    fn capacity(self) -> f32 {
         self.burst.max(1) as f32
     }
 }
@@ -51,7 +52,7 @@ impl RateLimiter {
     /// A full bucket.
     pub fn new(rate: Rate) -> Self {
         Self {
-            tokens: rate.burst(),
+            tokens: rate.capacity(),
             rejected: 0,
             window_age: 0.0,
             last: Instant::now(),
@@ -69,7 +70,7 @@ impl RateLimiter {
         // Once past the window it stays past: an age that large no longer
         // grows by small steps, and need not.
         self.window_age += elapsed;
-        self.tokens = (self.tokens + elapsed * rate.per_second as f32).min(rate.burst());
+        self.tokens = (self.tokens + elapsed * rate.per_second as f32).min(rate.capacity());
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Allow;
@@ -80,7 +81,7 @@ impl RateLimiter {
         }
         self.rejected += 1;
         // Sustained abuse: twice the burst refused within one window.
-        if self.rejected as f32 > 2.0 * rate.burst() {
+        if self.rejected as f32 > 2.0 * rate.capacity() {
             Verdict::Abuse
         } else {
             Verdict::Reject
