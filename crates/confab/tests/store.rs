@@ -315,14 +315,25 @@ async fn concurrent_appends(s: Arc<dyn Store>) {
     assert_eq!(all, (1..=80).collect::<Vec<i64>>());
 }
 
+/// Both of SQLite's writers: in memory (written on the caller's thread)
+/// and in a file (through sqlx's worker thread).
 #[tokio::test]
 async fn sqlite_keeps_the_store_contract() {
-    contract(store::open("sqlite::memory:").await.unwrap()).await;
-    idempotency_keys(store::open("sqlite::memory:").await.unwrap()).await;
-    pruning(store::open("sqlite::memory:").await.unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/c.db", dir.path().display());
-    concurrent_appends(store::open(&url).await.unwrap()).await;
+    for (i, url) in [
+        "sqlite::memory:".to_string(),
+        format!("sqlite://{}/c.db", dir.path().display()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        // A fresh database for each part; a file per part too.
+        let url = |part: &str| url.replace("c.db", &format!("c{i}-{part}.db"));
+        contract(store::open(&url("contract")).await.unwrap()).await;
+        idempotency_keys(store::open(&url("keys")).await.unwrap()).await;
+        pruning(store::open(&url("pruning")).await.unwrap()).await;
+        concurrent_appends(store::open(&url("concurrent")).await.unwrap()).await;
+    }
 }
 
 /// A new file opens every time. Turning a fresh database to WAL takes an

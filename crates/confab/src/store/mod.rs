@@ -202,6 +202,12 @@ impl Prune {
         *bound = (*bound).max(upto);
     }
 
+    /// The `OFFSET` of [`PRUNE_DMS`]: how many of a recipient's newest
+    /// direct messages lie above the one kept last.
+    pub(crate) fn dm_offset(&self) -> i64 {
+        i64::from(self.keep.max(1)) - 1
+    }
+
     /// Forgets what was to be deleted (done, or given up).
     pub fn clear(&mut self) {
         self.rooms.clear();
@@ -361,6 +367,16 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
         anyhow::bail!("unsupported store URL scheme in `{}`", redact(url))
     }
 }
+
+/// Deletes a room's messages up to an id: `$1` room, `$2` id.
+pub(crate) const PRUNE_ROOM: &str = "DELETE FROM messages WHERE room = $1 AND id <= $2";
+
+/// Deletes a recipient's direct messages beyond the newest `keep`: `$1`
+/// recipient, `$2` [`Prune::dm_offset`]. The subquery is the id of the
+/// `keep`th newest (NULL, so nothing goes, while there are fewer); both
+/// walk the (recipient, id) index.
+pub(crate) const PRUNE_DMS: &str = "DELETE FROM direct_messages WHERE recipient = $1 AND id < \
+     (SELECT id FROM direct_messages WHERE recipient = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)";
 
 /// Whether a store URL names a database that lives in the process.
 pub fn in_memory(url: &str) -> bool {
@@ -563,23 +579,16 @@ macro_rules! shared_queries {
             /// transaction).
             pub(crate) async fn prune(conn: &mut $conn, prune: &$crate::store::Prune) -> Result<()> {
                 for (room, upto) in &prune.rooms {
-                    sqlx::query("DELETE FROM messages WHERE room = $1 AND id <= $2")
+                    sqlx::query($crate::store::PRUNE_ROOM)
                         .bind(room.as_str())
                         .bind(upto)
                         .execute(&mut *conn)
                         .await?;
                 }
                 for user in &prune.dms {
-                    // The subquery is the id of the `keep`th newest (NULL,
-                    // so nothing goes, while there are fewer); both walk
-                    // the (recipient, id) index.
-                    sqlx::query(
-                        "DELETE FROM direct_messages WHERE recipient = $1 AND id < \
-                         (SELECT id FROM direct_messages WHERE recipient = $1 \
-                          ORDER BY id DESC LIMIT 1 OFFSET $2)",
-                    )
+                    sqlx::query($crate::store::PRUNE_DMS)
                     .bind(user.as_str())
-                    .bind(i64::from(prune.keep.max(1)) - 1)
+                    .bind(prune.dm_offset())
                     .execute(&mut *conn)
                     .await?;
                 }

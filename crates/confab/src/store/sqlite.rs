@@ -4,6 +4,12 @@
 //! one connection of their own: SQLite's single writer, kept out of the
 //! pool the reads share (a pooled connection costs a second round trip to
 //! SQLite's thread per use, the ping sqlx makes when it is given back).
+//!
+//! A database in memory (`sqlite::memory:`) has no disk to wait for, so
+//! its writer is a plain SQLite connection ([`rusqlite`]) that writes each
+//! batch on the sequencer's own thread ([`inline`]): no hand-off to sqlx's
+//! worker thread and back, which cost two context switches per batch and,
+//! on a busy core, left batches waiting for that thread to be scheduled.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,10 +33,29 @@ pub struct SqliteStore {
 /// The connection appends go through, and what it has handed out.
 #[derive(Debug)]
 struct Writer {
-    conn: SqliteConnection,
+    conn: Appender,
     /// The last id handed out per room and for direct messages, read from
     /// the database on opening and kept here after.
     heads: Heads,
+}
+
+/// How a batch reaches SQLite.
+enum Appender {
+    /// Through sqlx's connection: a round trip to its worker thread, where
+    /// a file's commit waits for `fsync`.
+    Worker(SqliteConnection),
+    /// Written on the caller's thread (a database in memory). `None` only
+    /// while a batch waits for a lock on a blocking thread.
+    Inline(Option<rusqlite::Connection>),
+}
+
+impl std::fmt::Debug for Appender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Appender::Worker(_) => "Worker",
+            Appender::Inline(_) => "Inline",
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -93,7 +118,13 @@ impl SqliteStore {
         // an exclusive lock that the busy timeout does not wait for, so the
         // pool's connections, opening at once, failed a first start now and
         // then with "database is locked". Once the file is WAL, they skip it.
-        let mut conn = options.connect().await?;
+        // (In memory, the writer opens after the pool, which makes the
+        // database.)
+        let file_writer = if memory {
+            None
+        } else {
+            Some(options.connect().await?)
+        };
         // sqlx makes `:memory:` one shared-cache database per options
         // value: the pool's connections and the writer see the same one,
         // and it lives while any of them is open.
@@ -108,7 +139,11 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        let heads = Heads::load(&mut conn).await?;
+        let heads = Heads::load(&mut *pool.acquire().await?).await?;
+        let conn = match file_writer {
+            Some(conn) => Appender::Worker(conn),
+            None => Appender::Inline(Some(inline::open(options.get_filename())?)),
+        };
         let writer = Writer { conn, heads };
         Ok(Self {
             pool,
@@ -124,17 +159,190 @@ super::shared_queries!(
     sqlx::sqlite::SqliteRow
 );
 
+/// A whole batch in one statement on sqlx's connection: rows go in as one
+/// JSON array through `json_each`, and a statement is atomic on its own,
+/// so the usual batch costs one round trip to SQLite's worker thread
+/// instead of four (BEGIN, draw ids, insert, COMMIT); only a batch with
+/// both room and direct messages, or with a prune, needs a transaction.
+async fn append_through_worker(
+    conn: &mut SqliteConnection,
+    stored: Vec<Stored>,
+    prune: &Prune,
+    ts: i64,
+) -> Result<Vec<Stored>> {
+    let (mut messages, mut directs) = (Vec::new(), Vec::new());
+    for s in &stored {
+        match s {
+            Stored::Room(m) => messages.push((&m.room, m.id, &m.from, &m.body, &m.client_id)),
+            Stored::Direct(d) => directs.push((&d.to, d.id, &d.from, &d.body, &d.client_id)),
+        }
+    }
+    let messages =
+        (!messages.is_empty()).then(|| serde_json::to_string(&messages).expect("rows serialize"));
+    let directs =
+        (!directs.is_empty()).then(|| serde_json::to_string(&directs).expect("rows serialize"));
+    match (&messages, &directs, prune.is_empty()) {
+        (Some(rows), None, true) => {
+            insert(ROOM_ROWS, rows, ts).execute(&mut *conn).await?;
+        }
+        (None, Some(rows), true) => {
+            insert(DIRECT_ROWS, rows, ts).execute(&mut *conn).await?;
+        }
+        (None, None, true) => {}
+        _ => {
+            let mut tx = conn.begin().await?;
+            for (table, rows) in [(ROOM_ROWS, &messages), (DIRECT_ROWS, &directs)] {
+                if let Some(rows) = rows {
+                    insert(table, rows, ts).execute(&mut *tx).await?;
+                }
+            }
+            queries::prune(&mut tx, prune).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(stored)
+}
+
+/// The writer of a database in memory: a connection of its own to sqlx's
+/// shared-cache database, used on the caller's thread.
+mod inline {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use rusqlite::{params, Connection, ErrorCode, OpenFlags};
+
+    use super::super::{Prune, Result, StoreError, Stored, PRUNE_DMS, PRUNE_ROOM};
+
+    /// How long a batch waits for a lock another connection holds.
+    const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+    /// Opens the in-memory database sqlx opened as `name` (its shared
+    /// cache), with the flags sqlx uses for it.
+    pub(super) fn open(name: &Path) -> anyhow::Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_MEMORY
+            | OpenFlags::SQLITE_OPEN_SHARED_CACHE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Ok(Connection::open_with_flags(name, flags)?)
+    }
+
+    /// Writes `stored` and deletes what `prune` names, in one transaction,
+    /// here and now. If the pool's connection holds a lock this needs (it
+    /// is reading or writing the same tables), the batch waits for it on a
+    /// blocking thread: the runtime's thread is never made to wait.
+    pub(super) async fn append(
+        slot: &mut Option<Connection>,
+        stored: Vec<Stored>,
+        prune: &Prune,
+    ) -> Result<Vec<Stored>> {
+        let conn = slot.as_mut().ok_or_else(closed)?;
+        match write(conn, &stored, prune) {
+            Ok(()) => return Ok(stored),
+            Err(err) if !locked(&err) => return Err(failed(err)),
+            Err(_) => {}
+        }
+        let mut conn = slot.take().ok_or_else(closed)?;
+        let prune = prune.clone();
+        let (conn, stored, written) = tokio::task::spawn_blocking(move || {
+            let written = write_waiting(&mut conn, &stored, &prune);
+            (conn, stored, written)
+        })
+        .await
+        .map_err(|err| StoreError::Unavailable(format!("the store's writer failed: {err}")))?;
+        *slot = Some(conn);
+        written.map_err(failed)?;
+        Ok(stored)
+    }
+
+    /// [`write`], tried again while a lock held elsewhere is in the way,
+    /// for up to [`LOCK_WAIT`]. Blocks: for a blocking thread only.
+    fn write_waiting(
+        conn: &mut Connection,
+        stored: &[Stored],
+        prune: &Prune,
+    ) -> rusqlite::Result<()> {
+        let start = Instant::now();
+        loop {
+            match write(conn, stored, prune) {
+                Err(err) if locked(&err) && start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One transaction: a prepared insert per row (no JSON to make and
+    /// parse: there is no round trip to save here), then the prune.
+    fn write(conn: &mut Connection, stored: &[Stored], prune: &Prune) -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        for s in stored {
+            match s {
+                Stored::Room(m) => tx
+                    .prepare_cached(
+                        "INSERT INTO messages (room, id, sender, body, client_id, ts) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        m.room.as_str(),
+                        m.id,
+                        m.from.as_str(),
+                        m.body,
+                        m.client_id,
+                        m.ts
+                    ])?,
+                Stored::Direct(d) => tx
+                    .prepare_cached(
+                        "INSERT INTO direct_messages (recipient, id, sender, body, client_id, ts) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        d.to.as_str(),
+                        d.id,
+                        d.from.as_str(),
+                        d.body,
+                        d.client_id,
+                        d.ts
+                    ])?,
+            };
+        }
+        for (room, upto) in &prune.rooms {
+            tx.prepare_cached(PRUNE_ROOM)?
+                .execute(params![room.as_str(), upto])?;
+        }
+        for user in &prune.dms {
+            tx.prepare_cached(PRUNE_DMS)?
+                .execute(params![user.as_str(), prune.dm_offset()])?;
+        }
+        tx.commit()
+    }
+
+    /// Whether another connection of the shared cache holds a lock that
+    /// `err` ran into.
+    fn locked(err: &rusqlite::Error) -> bool {
+        matches!(
+            err.sqlite_error_code(),
+            Some(ErrorCode::DatabaseLocked | ErrorCode::DatabaseBusy)
+        )
+    }
+
+    fn failed(err: rusqlite::Error) -> StoreError {
+        StoreError::Unavailable(err.to_string())
+    }
+
+    fn closed() -> StoreError {
+        StoreError::Unavailable("the store is closed".into())
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    /// A whole batch in one statement, whatever its size: ids come from
-    /// the heads this store keeps in memory (it is the only writer: one
-    /// node, one sequencer), rows go in as one JSON array through
-    /// `json_each`, and a trigger keeps `rooms.last_id` for the next start.
-    /// A statement is atomic on its own, so the usual batch costs one round
-    /// trip to SQLite's worker thread instead of four (BEGIN, draw ids,
-    /// insert, COMMIT); only a batch with both room and direct messages,
-    /// or with a prune, needs a transaction. Heads move only once the
-    /// write succeeded.
+    /// Ids come from the heads this store keeps in memory (it is the only
+    /// writer: one node, one sequencer), and a trigger keeps
+    /// `rooms.last_id` for the next start. Heads move only once the write
+    /// succeeded.
     async fn append(&self, batch: &[Draft], prune: &Prune) -> Result<Vec<Stored>> {
         let ts = now_ms();
         let (rooms, dms) = super::draw(batch);
@@ -154,32 +362,9 @@ impl Store for SqliteStore {
             })
             .collect();
         let stored = super::assign(batch, first_room, current.dm + 1, ts)?;
-        let (mut messages, mut directs) = (Vec::new(), Vec::new());
-        for s in &stored {
-            match s {
-                Stored::Room(m) => messages.push((&m.room, m.id, &m.from, &m.body, &m.client_id)),
-                Stored::Direct(d) => directs.push((&d.to, d.id, &d.from, &d.body, &d.client_id)),
-            }
-        }
-        let messages = (!messages.is_empty())
-            .then(|| serde_json::to_string(&messages).expect("rows serialize"));
-        let directs =
-            (!directs.is_empty()).then(|| serde_json::to_string(&directs).expect("rows serialize"));
-        match (&messages, &directs, prune.is_empty()) {
-            (Some(rows), None, true) => insert(ROOM_ROWS, rows, ts).execute(&mut *conn).await?,
-            (None, Some(rows), true) => insert(DIRECT_ROWS, rows, ts).execute(&mut *conn).await?,
-            (None, None, true) => return Ok(stored),
-            _ => {
-                let mut tx = conn.begin().await?;
-                for (table, rows) in [(ROOM_ROWS, &messages), (DIRECT_ROWS, &directs)] {
-                    if let Some(rows) = rows {
-                        insert(table, rows, ts).execute(&mut *tx).await?;
-                    }
-                }
-                queries::prune(&mut tx, prune).await?;
-                tx.commit().await?;
-                Default::default()
-            }
+        let stored = match conn {
+            Appender::Worker(conn) => append_through_worker(conn, stored, prune, ts).await?,
+            Appender::Inline(conn) => inline::append(conn, stored, prune).await?,
         };
         for (room, n) in rooms {
             *current.rooms.entry(room.to_string()).or_default() += n;
@@ -260,9 +445,83 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        if let Some(writer) = self.writer.lock().await.take() {
-            let _ = writer.conn.close().await;
+        if let Some(Writer {
+            conn: Appender::Worker(conn),
+            ..
+        }) = self.writer.lock().await.take()
+        {
+            let _ = conn.close().await;
         }
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn say(body: &str) -> Draft {
+        Draft::Room {
+            room: RoomName::parse("lobby").unwrap(),
+            from: UserName::parse("ann").unwrap(),
+            body: body.into(),
+            client_id: None,
+        }
+    }
+
+    /// In memory, the writer shares SQLite's cache with the pool's
+    /// connection, which may hold the one write lock: the batch then waits
+    /// for it (off the runtime's thread) and is stored once it is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_append_in_memory_waits_for_the_lock_the_pool_holds() {
+        let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+        assert_eq!(
+            store
+                .append(&[say("first")], &Prune::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let mut tx = store.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO users (name, first_seen) VALUES ('bob', 0)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let append = tokio::spawn({
+            let store = store.clone();
+            async move { store.append(&[say("second")], &Prune::default()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!append.is_finished(), "the append went past a held lock");
+        tx.commit().await.unwrap();
+
+        let stored = append.await.unwrap().unwrap();
+        assert_eq!(stored.iter().map(|s| s.id_ts().0).collect::<Vec<_>>(), [2]);
+        let page = store
+            .room_page(
+                &RoomName::parse("lobby").unwrap(),
+                PageQuery {
+                    limit: 10,
+                    ..PageQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        let bodies: Vec<_> = page.items.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["first", "second"]);
+        // The writer is back in its place and takes the next batch here.
+        assert_eq!(
+            store
+                .append(&[say("third")], &Prune::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
