@@ -202,7 +202,7 @@ async fn publish(broker: &dyn Broker, stored: &Stored) {
 mod tests {
     use super::*;
     use crate::protocol::{DirectMessage, RoomMessage, RoomName, UserName};
-    use crate::store::PageQuery;
+    use crate::store::{lobby_draft, PageQuery};
 
     fn room(id: i64) -> Stored {
         Stored::Room(RoomMessage {
@@ -278,27 +278,18 @@ mod tests {
         store
     }
 
-    fn say(body: &str) -> Draft {
-        Draft::Room {
-            room: RoomName::parse("lobby").unwrap(),
-            from: UserName::parse("ann").unwrap(),
-            body: body.into(),
-            client_id: None,
-        }
-    }
-
     #[tokio::test]
     async fn a_batch_whose_prune_fails_is_stored_without_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = refusing_deletes(&dir).await;
         let lobby = RoomName::parse("lobby").unwrap();
         let mut none = Prune::keeping(4);
-        let first: Vec<Draft> = (1..=3).map(|i| say(&format!("m{i}"))).collect();
+        let first: Vec<Draft> = (1..=3).map(|i| lobby_draft(&format!("m{i}"))).collect();
         append(&*store, &first, &mut none).await.unwrap();
 
         let mut prune = Prune::keeping(4);
         prune.room(lobby.clone(), 2);
-        let stored = append(&*store, &[say("m4")], &mut prune)
+        let stored = append(&*store, &[lobby_draft("m4")], &mut prune)
             .await
             .expect("the batch is stored once the prune is dropped");
         assert_eq!(stored.len(), 1);

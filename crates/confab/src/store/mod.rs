@@ -54,7 +54,46 @@ pub enum Stored {
     Direct(DirectMessage),
 }
 
+/// A stored message as a row of its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Row<'a> {
+    /// Whether it goes to `direct_messages` (else `messages`).
+    pub direct: bool,
+    /// The room, or the recipient of a direct message.
+    pub key: &'a str,
+    pub id: i64,
+    pub from: &'a str,
+    pub body: &'a str,
+    pub client_id: Option<&'a str>,
+    pub ts: i64,
+}
+
 impl Stored {
+    /// Its row: the columns every SQL store writes.
+    pub(crate) fn row(&self) -> Row<'_> {
+        let (direct, key, (id, from, body, client_id, ts)) = match self {
+            Stored::Room(m) => (
+                false,
+                m.room.as_str(),
+                (m.id, &m.from, &m.body, &m.client_id, m.ts),
+            ),
+            Stored::Direct(d) => (
+                true,
+                d.to.as_str(),
+                (d.id, &d.from, &d.body, &d.client_id, d.ts),
+            ),
+        };
+        Row {
+            direct,
+            key,
+            id,
+            from: from.as_str(),
+            body,
+            client_id: client_id.as_deref(),
+            ts,
+        }
+    }
+
     /// Its id and timestamp.
     pub fn id_ts(&self) -> (i64, i64) {
         match self {
@@ -377,6 +416,17 @@ pub(crate) const PRUNE_ROOM: &str = "DELETE FROM messages WHERE room = $1 AND id
 /// walk the (recipient, id) index.
 pub(crate) const PRUNE_DMS: &str = "DELETE FROM direct_messages WHERE recipient = $1 AND id < \
      (SELECT id FROM direct_messages WHERE recipient = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)";
+
+/// A room draft from `ann` to `lobby`, for the store's unit tests.
+#[cfg(test)]
+pub(crate) fn lobby_draft(body: &str) -> Draft {
+    Draft::Room {
+        room: RoomName::parse("lobby").unwrap(),
+        from: UserName::parse("ann").unwrap(),
+        body: body.into(),
+        client_id: None,
+    }
+}
 
 /// Whether a store URL names a database that lives in the process.
 pub fn in_memory(url: &str) -> bool {

@@ -172,10 +172,13 @@ async fn append_through_worker(
 ) -> Result<Vec<Stored>> {
     let (mut messages, mut directs) = (Vec::new(), Vec::new());
     for s in &stored {
-        match s {
-            Stored::Room(m) => messages.push((&m.room, m.id, &m.from, &m.body, &m.client_id)),
-            Stored::Direct(d) => directs.push((&d.to, d.id, &d.from, &d.body, &d.client_id)),
-        }
+        let r = s.row();
+        let rows = if r.direct {
+            &mut directs
+        } else {
+            &mut messages
+        };
+        rows.push((r.key, r.id, r.from, r.body, r.client_id));
     }
     let messages =
         (!messages.is_empty()).then(|| serde_json::to_string(&messages).expect("rows serialize"));
@@ -212,6 +215,14 @@ mod inline {
     use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
     use super::super::{Prune, Result, StoreError, Stored, PRUNE_DMS, PRUNE_ROOM};
+    use super::closed;
+
+    /// One row of each table: key, id, sender, body, client id, ts.
+    const ROOM_ROW: &str = "INSERT INTO messages (room, id, sender, body, client_id, ts) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    const DIRECT_ROW: &str =
+        "INSERT INTO direct_messages (recipient, id, sender, body, client_id, ts) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
     /// How long a batch waits for a lock another connection holds.
     const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -278,35 +289,14 @@ mod inline {
     /// parse: there is no round trip to save here), then the prune.
     fn write(conn: &mut Connection, stored: &[Stored], prune: &Prune) -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
-        for s in stored {
-            match s {
-                Stored::Room(m) => tx
-                    .prepare_cached(
-                        "INSERT INTO messages (room, id, sender, body, client_id, ts) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        m.room.as_str(),
-                        m.id,
-                        m.from.as_str(),
-                        m.body,
-                        m.client_id,
-                        m.ts
-                    ])?,
-                Stored::Direct(d) => tx
-                    .prepare_cached(
-                        "INSERT INTO direct_messages (recipient, id, sender, body, client_id, ts) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        d.to.as_str(),
-                        d.id,
-                        d.from.as_str(),
-                        d.body,
-                        d.client_id,
-                        d.ts
-                    ])?,
-            };
+        {
+            let mut rooms = tx.prepare_cached(ROOM_ROW)?;
+            let mut directs = tx.prepare_cached(DIRECT_ROW)?;
+            for s in stored {
+                let r = s.row();
+                let insert = if r.direct { &mut directs } else { &mut rooms };
+                insert.execute(params![r.key, r.id, r.from, r.body, r.client_id, r.ts])?;
+            }
         }
         for (room, upto) in &prune.rooms {
             tx.prepare_cached(PRUNE_ROOM)?
@@ -331,10 +321,10 @@ mod inline {
     fn failed(err: rusqlite::Error) -> StoreError {
         StoreError::Unavailable(err.to_string())
     }
+}
 
-    fn closed() -> StoreError {
-        StoreError::Unavailable("the store is closed".into())
-    }
+fn closed() -> super::StoreError {
+    super::StoreError::Unavailable("the store is closed".into())
 }
 
 #[async_trait]
@@ -352,7 +342,7 @@ impl Store for SqliteStore {
             heads: current,
         }) = writer.as_mut()
         else {
-            return Err(super::StoreError::Unavailable("the store is closed".into()));
+            return Err(closed());
         };
         let first_room = rooms
             .keys()
@@ -461,16 +451,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use super::super::lobby_draft;
     use super::*;
-
-    fn say(body: &str) -> Draft {
-        Draft::Room {
-            room: RoomName::parse("lobby").unwrap(),
-            from: UserName::parse("ann").unwrap(),
-            body: body.into(),
-            client_id: None,
-        }
-    }
 
     /// In memory, the writer shares SQLite's cache with the pool's
     /// connection, which may hold the one write lock: the batch then waits
@@ -480,7 +462,7 @@ mod tests {
         let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
         assert_eq!(
             store
-                .append(&[say("first")], &Prune::default())
+                .append(&[lobby_draft("first")], &Prune::default())
                 .await
                 .unwrap()
                 .len(),
@@ -494,7 +476,11 @@ mod tests {
             .unwrap();
         let append = tokio::spawn({
             let store = store.clone();
-            async move { store.append(&[say("second")], &Prune::default()).await }
+            async move {
+                store
+                    .append(&[lobby_draft("second")], &Prune::default())
+                    .await
+            }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!append.is_finished(), "the append went past a held lock");
@@ -517,7 +503,7 @@ mod tests {
         // The writer is back in its place and takes the next batch here.
         assert_eq!(
             store
-                .append(&[say("third")], &Prune::default())
+                .append(&[lobby_draft("third")], &Prune::default())
                 .await
                 .unwrap()
                 .len(),
