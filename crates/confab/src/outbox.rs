@@ -12,13 +12,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use crate::protocol::codes::Close;
 use crate::protocol::seed::Dialect;
 use crate::protocol::Event;
-use crate::ws::Utf8Bytes;
+use crate::ws::{text_frame, Utf8Bytes};
 
 /// How a connection wants events written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +41,15 @@ impl Encoding {
     }
 }
 
-/// One event on its way to many connections. Each encoding is made once,
-/// by the first connection that needs it, and the bytes are shared by all.
+/// One event on its way to many connections. Each encoding, and the
+/// WebSocket frame that carries it, is made once, by the first connection
+/// that needs it, and the bytes are shared by all.
 #[derive(Debug)]
 pub struct Delivery {
     /// The event.
     pub event: Event,
     encoded: [OnceLock<Option<Utf8Bytes>>; 4],
+    frames: [OnceLock<Option<Bytes>>; 4],
 }
 
 impl Delivery {
@@ -55,6 +58,7 @@ impl Delivery {
         Arc::new(Self {
             event,
             encoded: Default::default(),
+            frames: Default::default(),
         })
     }
 
@@ -64,6 +68,7 @@ impl Delivery {
         let d = Self {
             event,
             encoded: Default::default(),
+            frames: Default::default(),
         };
         let _ = d.encoded[0].set(Some(json.into()));
         Arc::new(d)
@@ -80,6 +85,14 @@ impl Delivery {
                 ),
                 Encoding::Seed(dialect) => dialect.encode(&self.event).map(Into::into),
             })
+            .clone()
+    }
+
+    /// The whole text frame of the event in `encoding` (see
+    /// [`Self::encoded`]), as it is written to every connection.
+    pub fn frame(&self, encoding: Encoding) -> Option<Bytes> {
+        self.frames[encoding.slot()]
+            .get_or_init(|| self.encoded(encoding).map(|text| text_frame(&text)))
             .clone()
     }
 }

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::{FutureExt, SinkExt};
@@ -26,7 +27,7 @@ use crate::protocol::native::{Command, Limits, Page, Reply};
 use crate::protocol::seed::{Dialect, Said};
 use crate::protocol::{Event, RoomName, Topic, UserName, PROTOCOL_VERSION};
 use crate::store::{Draft, PageQuery, Stored};
-use crate::ws::{CloseFrame, Handshake, Message, Socket as WebSocket, Utf8Bytes};
+use crate::ws::{CloseFrame, Handshake, Message, Socket as WebSocket};
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone)]
@@ -379,30 +380,35 @@ impl Session {
     /// `close` on `/chat/`: the broadcast of `close` is queued for this
     /// connection too, so write it before the goodbye.
     async fn goodbye(&mut self, socket: &mut WebSocket, rx: &mut Inbox) {
-        while let Some(delivery) = rx.try_next() {
-            if let Some(frame) = self.frame_for(&delivery) {
-                let _ = socket.feed(Message::Text(frame)).await;
+        while let Some(first) = rx.try_next() {
+            if self.write_deliveries(socket, first, rx).await.is_err() {
+                return;
             }
         }
         let _ = write(socket, Message::Text(GOODBYE.into())).await;
     }
 
     /// Writes `first` and whatever else is queued (up to a batch), then
-    /// flushes once.
+    /// flushes once. The frames are the deliveries' own, shared with every
+    /// connection they go to: they are queued under tungstenite, on the
+    /// socket's [`Io`](crate::ws::Io), once tungstenite has written out
+    /// whatever it held (a pong), so that frames never interleave.
     async fn write_deliveries(
         &mut self,
         socket: &mut WebSocket,
         first: Arc<Delivery>,
         rx: &mut Inbox,
     ) -> Result<(), crate::ws::Error> {
+        socket.flush().await?;
         let mut next = Some(first);
         let mut written = 0;
         while let Some(delivery) = next.take() {
-            // Ready before the frame is made, so that no frame waits in
+            // Room before the frame is taken, so that no frame waits in
             // this future: it is part of every connection's task (`run`).
-            ready(socket).await?;
+            let io = socket.get_mut();
+            std::future::poll_fn(|cx| io.poll_room(cx)).await?;
             if let Some(frame) = self.frame_for(&delivery) {
-                socket.start_send_unpin(Message::Text(frame))?;
+                io.queue(frame);
                 written += 1;
             }
             if written < WRITE_BATCH {
@@ -414,7 +420,7 @@ impl Session {
 
     /// The frame for a delivery, or `None` if this connection should not
     /// see it (already written, a room it left, its own typing).
-    fn frame_for(&mut self, delivery: &Delivery) -> Option<Utf8Bytes> {
+    fn frame_for(&mut self, delivery: &Delivery) -> Option<Bytes> {
         let wanted = match &delivery.event {
             Event::Message(m) => match self.rooms.get_mut(&m.room) {
                 Some(high) if m.id > *high => {
@@ -435,7 +441,7 @@ impl Session {
             Event::Typing { from, .. } => self.user.as_ref() != Some(from),
         };
         if wanted {
-            delivery.encoded(self.encoding)
+            delivery.frame(self.encoding)
         } else {
             None
         }
@@ -967,11 +973,6 @@ fn seed_error(dialect: Dialect, refusal: &Refusal) -> Message {
 
 async fn write(socket: &mut WebSocket, msg: Message) -> Result<(), crate::ws::Error> {
     socket.send(msg).await
-}
-
-/// Waits until the socket takes a frame.
-async fn ready(socket: &mut WebSocket) -> Result<(), crate::ws::Error> {
-    std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).await
 }
 
 /// The close code for a read error, if the peer can still be told.

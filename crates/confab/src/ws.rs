@@ -164,7 +164,66 @@ const WRITE_HIGH: usize = 32 * 1024;
 /// out the buffer is freed, so an idle connection holds none.
 pub struct Io {
     transport: Transport,
-    out: Vec<u8>,
+    out: Out,
+}
+
+/// What waits to be written. A batch of one shared frame (the usual
+/// case: one event for an idle connection) is written from the shared
+/// bytes themselves; a second frame, or one tungstenite makes, gathers
+/// them in a buffer of the connection's own.
+#[derive(Debug)]
+enum Out {
+    Owned(Vec<u8>),
+    Shared(Bytes),
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Out::Owned(Vec::new())
+    }
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Owned(v) => v.len(),
+            Out::Shared(b) => b.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer to append to, made from the shared frame if one waits.
+    fn owned(&mut self) -> &mut Vec<u8> {
+        if let Out::Shared(b) = self {
+            *self = Out::Owned(b.to_vec());
+        }
+        match self {
+            Out::Owned(v) => v,
+            Out::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+}
+
+/// A whole text frame from server to client (final, unmasked), made once
+/// and written as it is to every connection it goes to.
+pub fn text_frame(text: &str) -> Bytes {
+    let len = text.len();
+    let mut frame = Vec::with_capacity(len + 10);
+    frame.push(0x81);
+    if len < 126 {
+        frame.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        frame.push(126);
+        frame.extend_from_slice(&len.to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(text.as_bytes());
+    frame.into()
 }
 
 /// The TCP stream itself, with any bytes hyper read past the handshake
@@ -194,7 +253,7 @@ impl From<Upgraded> for Io {
         };
         Io {
             transport,
-            out: Vec::new(),
+            out: Out::default(),
         }
     }
 }
@@ -203,16 +262,45 @@ impl Io {
     /// Writes the buffer out; frees it once it is all written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
-            let n = std::task::ready!(Pin::new(&mut self.transport).poll_write(cx, &self.out))?;
+            let out: &[u8] = match &self.out {
+                Out::Owned(v) => v,
+                Out::Shared(b) => b,
+            };
+            let n = std::task::ready!(Pin::new(&mut self.transport).poll_write(cx, out))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.out.drain(..n);
+            match &mut self.out {
+                Out::Owned(v) => {
+                    v.drain(..n);
+                }
+                Out::Shared(b) => b.advance(n),
+            }
         }
         // Freed rather than kept: an allocation per flushed batch costs
         // less than every idle connection holding its last batch's size.
-        self.out = Vec::new();
+        self.out = Out::default();
         Poll::Ready(Ok(()))
+    }
+
+    /// Ready once there is room for another frame: the buffer is written
+    /// out first if it holds [`WRITE_HIGH`] or more.
+    pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.out.len() >= WRITE_HIGH {
+            std::task::ready!(self.poll_write_out(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues a whole frame made by [`text_frame`], to go with the next
+    /// flush. Only between whole frames: the WebSocket above must hold
+    /// nothing unwritten (it is flushed first).
+    pub fn queue(&mut self, frame: Bytes) {
+        if self.out.is_empty() {
+            self.out = Out::Shared(frame);
+        } else {
+            self.out.owned().extend_from_slice(&frame);
+        }
     }
 }
 
@@ -240,7 +328,7 @@ impl AsyncWrite for Io {
             // A large frame goes straight out, not copied first.
             return Pin::new(&mut io.transport).poll_write(cx, buf);
         }
-        io.out.extend_from_slice(buf);
+        io.out.owned().extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -325,9 +413,22 @@ mod tests {
                 pre: None,
                 tcp: accepted.unwrap().0,
             },
-            out: Vec::new(),
+            out: Out::default(),
         };
         (io, client.unwrap())
+    }
+
+    /// What waits in `io`'s buffer.
+    fn waiting(io: &Io) -> &[u8] {
+        match &io.out {
+            Out::Owned(v) => v,
+            Out::Shared(b) => b,
+        }
+    }
+
+    /// Whether `io` holds no buffer at all.
+    fn freed(io: &Io) -> bool {
+        matches!(&io.out, Out::Owned(v) if v.capacity() == 0)
     }
 
     #[tokio::test]
@@ -335,10 +436,14 @@ mod tests {
         let (mut io, mut client) = pair().await;
         io.write_all(b"one").await.unwrap();
         io.write_all(b"two").await.unwrap();
-        assert_eq!(io.out, b"onetwo", "nothing is written before the flush");
+        assert_eq!(
+            waiting(&io),
+            b"onetwo",
+            "nothing is written before the flush"
+        );
 
         io.flush().await.unwrap();
-        assert_eq!(io.out.capacity(), 0);
+        assert!(freed(&io));
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"onetwo");
@@ -352,13 +457,13 @@ mod tests {
         io.write_all(&big).await.unwrap();
         assert_eq!(io.out.len(), WRITE_HIGH + 4);
         io.write_all(b"tail").await.unwrap();
-        assert_eq!(io.out, b"tail", "the full buffer went out first");
+        assert_eq!(waiting(&io), b"tail", "the full buffer went out first");
         // A large frame with nothing buffered goes straight out.
         io.flush().await.unwrap();
         io.write_all(&big).await.unwrap();
         assert!(io.out.len() < big.len(), "the large frame was copied first");
         io.flush().await.unwrap();
-        assert_eq!(io.out.capacity(), 0);
+        assert!(freed(&io));
 
         let mut got = vec![0u8; 2 * WRITE_HIGH + 8];
         client.read_exact(&mut got).await.unwrap();
@@ -366,5 +471,48 @@ mod tests {
         assert!(got[4..4 + WRITE_HIGH].iter().all(|&b| b == 7));
         assert_eq!(&got[4 + WRITE_HIGH..8 + WRITE_HIGH], b"tail");
         assert!(got[8 + WRITE_HIGH..].iter().all(|&b| b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_text_frame_reads_back_as_its_text_at_every_length_encoding() {
+        let (mut io, client) = pair().await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        // Lengths in the 7-bit, 16-bit and 64-bit forms, at their edges.
+        for (len, head) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            let text = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let frame = text_frame(&text);
+            assert_eq!(frame.len(), head + len, "header of a {len}-byte text");
+            std::future::poll_fn(|cx| io.poll_room(cx)).await.unwrap();
+            io.queue(frame);
+            io.flush().await.unwrap();
+            let got = futures_util::StreamExt::next(&mut client)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, Message::Text(text.into()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_shared_frame_is_not_copied_and_later_writes_follow_it_in_order() {
+        let (mut io, mut client) = pair().await;
+        let first = text_frame("one");
+        io.queue(first.clone());
+        assert!(
+            matches!(&io.out, Out::Shared(b) if b.as_ptr() == first.as_ptr()),
+            "a lone frame waits as the shared bytes themselves"
+        );
+        // tungstenite's own write (a pong, say), then another shared frame.
+        io.write_all(b"pong").await.unwrap();
+        io.queue(text_frame("two"));
+        io.flush().await.unwrap();
+        assert!(freed(&io));
+
+        let mut expected = first.to_vec();
+        expected.extend_from_slice(b"pong");
+        expected.extend_from_slice(&text_frame("two"));
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
     }
 }
