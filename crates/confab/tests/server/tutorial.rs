@@ -243,3 +243,79 @@ async fn guest_names_are_the_servers_and_guests_get_no_direct_messages() {
         Some(404)
     );
 }
+
+/// Deliveries are written as shared frames beneath tungstenite, which
+/// writes its own (pongs) on the same socket: pings sent while a stream of
+/// messages is being written are each answered, and every frame arrives
+/// whole and in order.
+#[tokio::test]
+async fn pings_amid_a_stream_of_messages_are_answered_and_no_frame_is_torn() {
+    use futures_util::{SinkExt, StreamExt};
+
+    let server = TestServer::start(crate::common::settings_with(confab::config::Overrides {
+        rate_limit: Some(0),
+        ..Default::default()
+    }))
+    .await;
+    let sender = server.connect("/ws/chat/lobby/").await;
+    let mut reader = server.connect("/ws/chat/lobby/").await;
+    const MESSAGES: usize = 400;
+    // Long enough that a batch of queued frames can pass the socket's
+    // 32 KiB write buffer mark and go out in more than one write.
+    let body = "x".repeat(1000);
+
+    // The sender gets its own messages too: drain them as it goes.
+    let (mut tx, mut rx) = sender.ws.split();
+    let say = async {
+        for i in 0..MESSAGES {
+            let text = json!({"message": format!("{i} {body}")}).to_string();
+            tx.send(Message::text(text)).await.unwrap();
+        }
+    };
+    let drain = async {
+        for _ in 0..MESSAGES {
+            rx.next().await.expect("connection open").expect("frame ok");
+        }
+    };
+    let read = async {
+        let (mut got, mut pings, mut pongs) = (Vec::new(), 0u32, Vec::new());
+        while got.len() < MESSAGES || pongs.len() < pings as usize {
+            if got.len() % 8 == 0 && pings as usize <= got.len() / 8 {
+                reader
+                    .ws
+                    .send(Message::Ping(pings.to_be_bytes().to_vec().into()))
+                    .await
+                    .unwrap();
+                pings += 1;
+            }
+            let msg = tokio::time::timeout(crate::common::WAIT, reader.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("a whole, valid frame");
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("a whole JSON message");
+                    let text = v["message"].as_str().unwrap().to_owned();
+                    got.push(text.split(' ').next().unwrap().parse::<usize>().unwrap());
+                }
+                Message::Pong(p) => pongs.push(u32::from_be_bytes(p[..].try_into().unwrap())),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (got, pings, pongs)
+    };
+    let ((), (), (got, pings, pongs)) = tokio::join!(say, drain, read);
+
+    assert_eq!(
+        got,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "every message, in order"
+    );
+    assert!(pings > 10, "pings were sent while messages flowed");
+    assert_eq!(
+        pongs,
+        (0..pings).collect::<Vec<_>>(),
+        "every ping answered, in order"
+    );
+}
