@@ -40,6 +40,7 @@ struct Writer {
 }
 
 /// How a batch reaches SQLite.
+#[derive(Debug)]
 enum Appender {
     /// Through sqlx's connection: a round trip to its worker thread, where
     /// a file's commit waits for `fsync`.
@@ -47,15 +48,6 @@ enum Appender {
     /// Written on the caller's thread (a database in memory). `None` only
     /// while a batch waits for a lock on a blocking thread.
     Inline(Option<rusqlite::Connection>),
-}
-
-impl std::fmt::Debug for Appender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Appender::Worker(_) => "Worker",
-            Appender::Inline(_) => "Inline",
-        })
-    }
 }
 
 #[derive(Debug, Default)]
@@ -454,20 +446,22 @@ mod tests {
     use super::super::lobby_draft;
     use super::*;
 
+    /// Appends one lobby message alone; how many were stored.
+    async fn say(store: &SqliteStore, body: &str) -> usize {
+        store
+            .append(&[lobby_draft(body)], &Prune::default())
+            .await
+            .unwrap()
+            .len()
+    }
+
     /// In memory, the writer shares SQLite's cache with the pool's
     /// connection, which may hold the one write lock: the batch then waits
     /// for it (off the runtime's thread) and is stored once it is free.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn an_append_in_memory_waits_for_the_lock_the_pool_holds() {
         let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
-        assert_eq!(
-            store
-                .append(&[lobby_draft("first")], &Prune::default())
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(say(&store, "first").await, 1);
 
         let mut tx = store.pool.begin().await.unwrap();
         sqlx::query("INSERT INTO users (name, first_seen) VALUES ('bob', 0)")
@@ -501,13 +495,6 @@ mod tests {
         let bodies: Vec<_> = page.items.iter().map(|m| m.body.as_str()).collect();
         assert_eq!(bodies, ["first", "second"]);
         // The writer is back in its place and takes the next batch here.
-        assert_eq!(
-            store
-                .append(&[lobby_draft("third")], &Prune::default())
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(say(&store, "third").await, 1);
     }
 }
