@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 source tests/setup.sh
 
 suites=0
-step() { printf '\n== %s\n' "$*"; suites=$((suites + 1)); }
+# Each heading says how long the suite has run so far, so a slow step shows.
+step() { printf '\n== %s (at %dm%02ds)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); suites=$((suites + 1)); }
 
 step "cargo fmt and clippy"
 cargo fmt --all -- --check
@@ -35,4 +36,4 @@ tests/autobahn/run.sh
 # Every step above stops the script on failure, so reaching here means
 # all of them passed.
 echo
-echo "suites: $suites passed, 0 failed"
+echo "suites: $suites passed, 0 failed, in $((SECONDS / 60))m$((SECONDS % 60))s"
