@@ -278,27 +278,44 @@ mod inline {
     }
 
     /// One transaction: a prepared insert per row (no JSON to make and
-    /// parse: there is no round trip to save here), then the prune.
-    fn write(conn: &mut Connection, stored: &[Stored], prune: &Prune) -> rusqlite::Result<()> {
-        let tx = conn.transaction()?;
-        {
-            let mut rooms = tx.prepare_cached(ROOM_ROW)?;
-            let mut directs = tx.prepare_cached(DIRECT_ROW)?;
-            for s in stored {
-                let r = s.row();
-                let insert = if r.direct { &mut directs } else { &mut rooms };
-                insert.execute(params![r.key, r.id, r.from, r.body, r.client_id, r.ts])?;
-            }
+    /// parse: there is no round trip to save here), then the prune. BEGIN
+    /// and COMMIT are prepared once as well (rusqlite's `Transaction`
+    /// parses them anew for every batch); whatever fails, the batch is
+    /// rolled back.
+    pub(super) fn write(
+        conn: &Connection,
+        stored: &[Stored],
+        prune: &Prune,
+    ) -> rusqlite::Result<()> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        let written = write_rows(conn, stored, prune)
+            .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
+        if written.is_err() && !conn.is_autocommit() {
+            // The error to report is the one above, whatever this says.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        written
+    }
+
+    /// The batch's rows and its prune, inside the transaction [`write`]
+    /// opened.
+    fn write_rows(conn: &Connection, stored: &[Stored], prune: &Prune) -> rusqlite::Result<()> {
+        let mut rooms = conn.prepare_cached(ROOM_ROW)?;
+        let mut directs = conn.prepare_cached(DIRECT_ROW)?;
+        for s in stored {
+            let r = s.row();
+            let insert = if r.direct { &mut directs } else { &mut rooms };
+            insert.execute(params![r.key, r.id, r.from, r.body, r.client_id, r.ts])?;
         }
         for (room, upto) in &prune.rooms {
-            tx.prepare_cached(PRUNE_ROOM)?
+            conn.prepare_cached(PRUNE_ROOM)?
                 .execute(params![room.as_str(), upto])?;
         }
         for user in &prune.dms {
-            tx.prepare_cached(PRUNE_DMS)?
+            conn.prepare_cached(PRUNE_DMS)?
                 .execute(params![user.as_str(), prune.dm_offset()])?;
         }
-        tx.commit()
+        Ok(())
     }
 
     /// Whether another connection of the shared cache holds a lock that
@@ -496,5 +513,48 @@ mod tests {
         assert_eq!(bodies, ["first", "second"]);
         // The writer is back in its place and takes the next batch here.
         assert_eq!(say(&store, "third").await, 1);
+    }
+
+    /// A batch that fails part way (here its third row repeats the
+    /// first's key) leaves none of its rows, and the writer takes the next
+    /// batch: no transaction is left open.
+    #[tokio::test]
+    async fn a_batch_that_fails_part_way_in_memory_is_rolled_back_whole() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let row = |id| {
+            Stored::Room(RoomMessage {
+                room: RoomName::parse("lobby").unwrap(),
+                id,
+                from: UserName::parse("ann").unwrap(),
+                body: format!("message {id}"),
+                ts: 0,
+                client_id: None,
+            })
+        };
+        let count = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+        };
+        let mut writer = store.writer.lock().await;
+        let Some(Writer {
+            conn: Appender::Inline(Some(conn)),
+            ..
+        }) = writer.as_mut()
+        else {
+            panic!("a database in memory is written inline");
+        };
+
+        let err = inline::write(conn, &[row(1), row(2), row(1)], &Prune::default());
+        assert!(err.is_err(), "a repeated key is refused");
+        assert!(
+            conn.is_autocommit(),
+            "the failed batch's transaction is over"
+        );
+        assert_eq!(count().await, 0);
+
+        inline::write(conn, &[row(1), row(2)], &Prune::default()).unwrap();
+        assert_eq!(count().await, 2);
     }
 }
