@@ -36,4 +36,4 @@ tests/autobahn/run.sh
 # Every step above stops the script on failure, so reaching here means
 # all of them passed.
 echo
-echo "suites: $suites passed, 0 failed, in $((SECONDS / 60))m$((SECONDS % 60))s"
+printf 'suites: %d passed, 0 failed, in %dm%02ds\n' "$suites" $((SECONDS / 60)) $((SECONDS % 60))
