@@ -396,6 +396,16 @@ async fn sqlite_ids_continue_after_reopening() {
         .await
         .unwrap();
     assert_eq!(page.items.len(), 3);
+
+    // A room's row is written once, with its first batch: on opening, each
+    // head is read back from the room's messages.
+    again.close().await;
+    let third = store::open(&url).await.unwrap();
+    let batch = [say("a", "u", "4"), say("b", "u", "y")];
+    assert_eq!(
+        ids(&third.append(&batch, &Prune::default()).await.unwrap()),
+        vec![4, 2]
+    );
 }
 
 #[tokio::test]

@@ -609,8 +609,11 @@ macro_rules! shared_queries {
 
             pub(crate) async fn room_heads(pool: &$pool) -> Result<Vec<(RoomName, i64, i64)>> {
                 let rows = sqlx::query(
-                    "SELECT r.name AS name, r.last_id AS last_id, m.ts AS ts FROM rooms r \
-                     JOIN messages m ON m.room = r.name AND m.id = r.last_id ORDER BY r.name",
+                    // The head from the messages (one index seek): SQLite
+                    // writes a room's row once, PostgreSQL's is its counter.
+                    "SELECT r.name AS name, m.id AS last_id, m.ts AS ts FROM rooms r \
+                     JOIN messages m ON m.room = r.name \
+                     AND m.id = (SELECT MAX(id) FROM messages WHERE room = r.name) ORDER BY r.name",
                 )
                 .fetch_all(pool)
                 .await?;

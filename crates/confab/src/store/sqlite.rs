@@ -58,7 +58,7 @@ struct Heads {
 
 impl Heads {
     async fn load(conn: &mut SqliteConnection) -> Result<Self> {
-        let rooms = sqlx::query_as::<_, (String, i64)>("SELECT name, last_id FROM rooms")
+        let rooms = sqlx::query_as::<_, (String, i64)>(ROOM_HEADS)
             .fetch_all(&mut *conn)
             .await?
             .into_iter()
@@ -69,6 +69,15 @@ impl Heads {
         Ok(Self { rooms, dm })
     }
 }
+
+/// Each room's head: its highest message id (an index seek), or the id
+/// its row was written with if none of its messages is left.
+const ROOM_HEADS: &str = "SELECT name, \
+     COALESCE((SELECT MAX(id) FROM messages WHERE room = rooms.name), last_id) FROM rooms";
+
+/// A room's row, written with the batch that stores its first message.
+const NEW_ROOM: &str =
+    "INSERT INTO rooms (name, last_id) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
 
 /// One batch's rows of each kind, as a JSON array of
 /// `[key, id, sender, body, client_id]`; `$2` is the batch's timestamp.
@@ -159,6 +168,7 @@ super::shared_queries!(
 async fn append_through_worker(
     conn: &mut SqliteConnection,
     stored: Vec<Stored>,
+    new_rooms: &[(String, i64)],
     prune: &Prune,
     ts: i64,
 ) -> Result<Vec<Stored>> {
@@ -176,7 +186,11 @@ async fn append_through_worker(
         (!messages.is_empty()).then(|| serde_json::to_string(&messages).expect("rows serialize"));
     let directs =
         (!directs.is_empty()).then(|| serde_json::to_string(&directs).expect("rows serialize"));
-    match (&messages, &directs, prune.is_empty()) {
+    match (
+        &messages,
+        &directs,
+        prune.is_empty() && new_rooms.is_empty(),
+    ) {
         (Some(rows), None, true) => {
             insert(ROOM_ROWS, rows, ts).execute(&mut *conn).await?;
         }
@@ -186,6 +200,13 @@ async fn append_through_worker(
         (None, None, true) => {}
         _ => {
             let mut tx = conn.begin().await?;
+            for (room, last) in new_rooms {
+                sqlx::query(NEW_ROOM)
+                    .bind(room)
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for (table, rows) in [(ROOM_ROWS, &messages), (DIRECT_ROWS, &directs)] {
                 if let Some(rows) = rows {
                     insert(table, rows, ts).execute(&mut *tx).await?;
@@ -207,7 +228,7 @@ mod inline {
     use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
     use super::super::{Prune, Result, StoreError, Stored, PRUNE_DMS, PRUNE_ROOM};
-    use super::closed;
+    use super::{closed, NEW_ROOM};
 
     /// One row of each table: key, id, sender, body, client id, ts.
     const ROOM_ROW: &str = "INSERT INTO messages (room, id, sender, body, client_id, ts) \
@@ -238,18 +259,19 @@ mod inline {
     pub(super) async fn append(
         slot: &mut Option<Connection>,
         stored: Vec<Stored>,
+        new_rooms: &[(String, i64)],
         prune: &Prune,
     ) -> Result<Vec<Stored>> {
         let conn = slot.as_mut().ok_or_else(closed)?;
-        match write(conn, &stored, prune) {
+        match write(conn, &stored, new_rooms, prune) {
             Ok(()) => return Ok(stored),
             Err(err) if !locked(&err) => return Err(failed(err)),
             Err(_) => {}
         }
         let mut conn = slot.take().ok_or_else(closed)?;
-        let prune = prune.clone();
+        let (new_rooms, prune) = (new_rooms.to_vec(), prune.clone());
         let (conn, stored, written) = tokio::task::spawn_blocking(move || {
-            let written = write_waiting(&mut conn, &stored, &prune);
+            let written = write_waiting(&mut conn, &stored, &new_rooms, &prune);
             (conn, stored, written)
         })
         .await
@@ -264,11 +286,12 @@ mod inline {
     fn write_waiting(
         conn: &mut Connection,
         stored: &[Stored],
+        new_rooms: &[(String, i64)],
         prune: &Prune,
     ) -> rusqlite::Result<()> {
         let start = Instant::now();
         loop {
-            match write(conn, stored, prune) {
+            match write(conn, stored, new_rooms, prune) {
                 Err(err) if locked(&err) && start.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_micros(200));
                 }
@@ -277,18 +300,19 @@ mod inline {
         }
     }
 
-    /// One transaction: a prepared insert per row (no JSON to make and
-    /// parse: there is no round trip to save here), then the prune. BEGIN
-    /// and COMMIT are prepared once as well (rusqlite's `Transaction`
-    /// parses them anew for every batch); whatever fails, the batch is
-    /// rolled back.
+    /// One transaction: the rows of rooms new with this batch, a prepared
+    /// insert per message (no JSON to make and parse: there is no round
+    /// trip to save here), then the prune. BEGIN and COMMIT are prepared
+    /// once as well (rusqlite's `Transaction` parses them anew for every
+    /// batch); whatever fails, the batch is rolled back.
     pub(super) fn write(
         conn: &Connection,
         stored: &[Stored],
+        new_rooms: &[(String, i64)],
         prune: &Prune,
     ) -> rusqlite::Result<()> {
         conn.prepare_cached("BEGIN")?.execute([])?;
-        let written = write_rows(conn, stored, prune)
+        let written = write_rows(conn, stored, new_rooms, prune)
             .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
         if written.is_err() && !conn.is_autocommit() {
             // The error to report is the one above, whatever this says.
@@ -299,7 +323,16 @@ mod inline {
 
     /// The batch's rows and its prune, inside the transaction [`write`]
     /// opened.
-    fn write_rows(conn: &Connection, stored: &[Stored], prune: &Prune) -> rusqlite::Result<()> {
+    fn write_rows(
+        conn: &Connection,
+        stored: &[Stored],
+        new_rooms: &[(String, i64)],
+        prune: &Prune,
+    ) -> rusqlite::Result<()> {
+        for (room, last) in new_rooms {
+            conn.prepare_cached(NEW_ROOM)?
+                .execute(params![room, last])?;
+        }
         let mut rooms = conn.prepare_cached(ROOM_ROW)?;
         let mut directs = conn.prepare_cached(DIRECT_ROW)?;
         for s in stored {
@@ -339,9 +372,9 @@ fn closed() -> super::StoreError {
 #[async_trait]
 impl Store for SqliteStore {
     /// Ids come from the heads this store keeps in memory (it is the only
-    /// writer: one node, one sequencer), and a trigger keeps
-    /// `rooms.last_id` for the next start. Heads move only once the write
-    /// succeeded.
+    /// writer: one node, one sequencer), read back from the messages
+    /// themselves on opening; a room's row is written once, with its first
+    /// batch. Heads move only once the write succeeded.
     async fn append(&self, batch: &[Draft], prune: &Prune) -> Result<Vec<Stored>> {
         let ts = now_ms();
         let (rooms, dms) = super::draw(batch);
@@ -360,10 +393,18 @@ impl Store for SqliteStore {
                 (room.to_string(), last + 1)
             })
             .collect();
+        // Rooms this batch makes: their row goes in with it, once.
+        let new_rooms: Vec<(String, i64)> = rooms
+            .iter()
+            .filter(|(room, _)| !current.rooms.contains_key(**room))
+            .map(|(room, n)| (room.to_string(), *n))
+            .collect();
         let stored = super::assign(batch, first_room, current.dm + 1, ts)?;
         let stored = match conn {
-            Appender::Worker(conn) => append_through_worker(conn, stored, prune, ts).await?,
-            Appender::Inline(conn) => inline::append(conn, stored, prune).await?,
+            Appender::Worker(conn) => {
+                append_through_worker(conn, stored, &new_rooms, prune, ts).await?
+            }
+            Appender::Inline(conn) => inline::append(conn, stored, &new_rooms, prune).await?,
         };
         for (room, n) in rooms {
             *current.rooms.entry(room.to_string()).or_default() += n;
@@ -546,7 +587,7 @@ mod tests {
             panic!("a database in memory is written inline");
         };
 
-        let err = inline::write(conn, &[row(1), row(2), row(1)], &Prune::default());
+        let err = inline::write(conn, &[row(1), row(2), row(1)], &[], &Prune::default());
         assert!(err.is_err(), "a repeated key is refused");
         assert!(
             conn.is_autocommit(),
@@ -554,7 +595,7 @@ mod tests {
         );
         assert_eq!(count().await, 0);
 
-        inline::write(conn, &[row(1), row(2)], &Prune::default()).unwrap();
+        inline::write(conn, &[row(1), row(2)], &[], &Prune::default()).unwrap();
         assert_eq!(count().await, 2);
     }
 }
