@@ -22,6 +22,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 pub use tungstenite::protocol::CloseFrame;
@@ -184,11 +186,16 @@ impl Default for Out {
 }
 
 impl Out {
-    fn len(&self) -> usize {
+    /// The bytes that wait.
+    fn as_slice(&self) -> &[u8] {
         match self {
-            Out::Owned(v) => v.len(),
-            Out::Shared(b) => b.len(),
+            Out::Owned(v) => v,
+            Out::Shared(b) => b,
         }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
     }
 
     fn is_empty(&self) -> bool {
@@ -210,18 +217,15 @@ impl Out {
 /// A whole text frame from server to client (final, unmasked), made once
 /// and written as it is to every connection it goes to.
 pub fn text_frame(text: &str) -> Bytes {
-    let len = text.len();
-    let mut frame = Vec::with_capacity(len + 10);
-    frame.push(0x81);
-    if len < 126 {
-        frame.push(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        frame.push(126);
-        frame.extend_from_slice(&len.to_be_bytes());
-    } else {
-        frame.push(127);
-        frame.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let len = text.len() as u64;
+    let mut frame = Vec::with_capacity(header.len(len) + text.len());
+    header
+        .format(len, &mut frame)
+        .expect("writing to a vector does not fail");
     frame.extend_from_slice(text.as_bytes());
     frame.into()
 }
@@ -262,10 +266,7 @@ impl Io {
     /// Writes the buffer out; frees it once it is all written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
-            let out: &[u8] = match &self.out {
-                Out::Owned(v) => v,
-                Out::Shared(b) => b,
-            };
+            let out = self.out.as_slice();
             let n = std::task::ready!(Pin::new(&mut self.transport).poll_write(cx, out))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -418,14 +419,6 @@ mod tests {
         (io, client.unwrap())
     }
 
-    /// What waits in `io`'s buffer.
-    fn waiting(io: &Io) -> &[u8] {
-        match &io.out {
-            Out::Owned(v) => v,
-            Out::Shared(b) => b,
-        }
-    }
-
     /// Whether `io` holds no buffer at all.
     fn freed(io: &Io) -> bool {
         matches!(&io.out, Out::Owned(v) if v.capacity() == 0)
@@ -437,7 +430,7 @@ mod tests {
         io.write_all(b"one").await.unwrap();
         io.write_all(b"two").await.unwrap();
         assert_eq!(
-            waiting(&io),
+            io.out.as_slice(),
             b"onetwo",
             "nothing is written before the flush"
         );
@@ -457,7 +450,7 @@ mod tests {
         io.write_all(&big).await.unwrap();
         assert_eq!(io.out.len(), WRITE_HIGH + 4);
         io.write_all(b"tail").await.unwrap();
-        assert_eq!(waiting(&io), b"tail", "the full buffer went out first");
+        assert_eq!(io.out.as_slice(), b"tail", "the full buffer went out first");
         // A large frame with nothing buffered goes straight out.
         io.flush().await.unwrap();
         io.write_all(&big).await.unwrap();
