@@ -56,7 +56,7 @@ struct State {
 /// Counts of one fan-out.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
-    /// Queued for a connection.
+    /// Queued for a connection, or written to it at once.
     pub queued: usize,
     /// Dropped because a connection's queue was full (it is closed).
     pub overflowed: usize,
@@ -162,7 +162,7 @@ impl Hub {
         let mut fanout = Fanout::default();
         for outbox in members.into_iter().flat_map(|m| m.values()) {
             match outbox.push(delivery.clone()) {
-                Pushed::Queued => fanout.queued += 1,
+                Pushed::Queued | Pushed::Written => fanout.queued += 1,
                 Pushed::Overflow => fanout.overflowed += 1,
                 Pushed::Gone => fanout.gone += 1,
                 Pushed::Skipped => {}

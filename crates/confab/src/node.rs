@@ -90,6 +90,12 @@ pub struct Node {
     connections: AtomicUsize,
     /// Counters, gauges and histograms for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Fan-out writes a delivery to an idle tutorial connection itself
+    /// rather than waking the connection's task. Only on a runtime of one
+    /// worker thread: there a wake-up is pure cost, while with several the
+    /// woken tasks spread the writes over the workers, and writing them
+    /// all from the fan-out's one thread would not.
+    pub direct_writes: bool,
 }
 
 /// Hands broker deliveries to the hub, and notes which direct messages
@@ -193,6 +199,7 @@ impl Node {
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
             metrics,
+            direct_writes: tokio::runtime::Handle::current().metrics().num_workers() == 1,
         });
         // However shutdown starts, every connection hears it through its
         // own outbox and closes with 1001.

@@ -18,8 +18,8 @@ use parking_lot::Mutex;
 
 use crate::protocol::codes::Close;
 use crate::protocol::seed::Dialect;
-use crate::protocol::Event;
-use crate::ws::{text_frame, Utf8Bytes};
+use crate::protocol::{Event, RoomName};
+use crate::ws::{text_frame, Direct, Gate, Utf8Bytes};
 
 /// How a connection wants events written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,12 @@ impl Encoding {
 pub struct Delivery {
     /// The event.
     pub event: Event,
+    /// Fan-out may write it straight to an idle connection (see
+    /// [`Outbox::allow_direct`]). The sequencer says so for the last
+    /// message of a stored batch to each room; everything else is queued,
+    /// so that what comes together reaches a connection in one write: the
+    /// rest of a batch, or what a node reads one by one from Redis.
+    pub direct: bool,
     encoded: [OnceLock<Option<Utf8Bytes>>; 4],
     frames: [OnceLock<Option<Bytes>>; 4],
 }
@@ -55,8 +61,15 @@ pub struct Delivery {
 impl Delivery {
     /// Wraps an event for fan-out.
     pub fn new(event: Event) -> Arc<Self> {
+        Self::with_direct(event, false)
+    }
+
+    /// Wraps an event for fan-out, saying whether it may be written
+    /// straight to an idle connection (see [`Delivery::direct`]).
+    pub fn with_direct(event: Event, direct: bool) -> Arc<Self> {
         Arc::new(Self {
             event,
+            direct,
             encoded: Default::default(),
             frames: Default::default(),
         })
@@ -67,6 +80,7 @@ impl Delivery {
     pub fn with_native(event: Event, json: String) -> Arc<Self> {
         let d = Self {
             event,
+            direct: false,
             encoded: Default::default(),
             frames: Default::default(),
         };
@@ -114,6 +128,58 @@ struct State {
     /// The node's heartbeat came by since the connection last looked.
     beat: bool,
     receiver_gone: bool,
+    /// How fan-out may write this connection's messages itself.
+    direct: Option<Box<Lent>>,
+    /// Fan-out began a frame it could not finish: the connection must
+    /// write the rest.
+    unfinished: bool,
+}
+
+/// What fan-out needs to write a tutorial connection's room messages
+/// straight to its socket while the connection is idle: the socket, and
+/// the connection's own check that a message is new.
+#[derive(Debug)]
+struct Lent {
+    gate: Arc<Gate>,
+    room: RoomName,
+    encoding: Encoding,
+    /// The highest id written (by either side).
+    high: i64,
+}
+
+impl Lent {
+    /// Writes `delivery` if it is a message of the room; `None` if it must
+    /// be queued instead.
+    fn try_write(&mut self, delivery: &Delivery) -> Option<Took> {
+        let Event::Message(m) = &delivery.event else {
+            return None;
+        };
+        if m.room != self.room {
+            return None;
+        }
+        let frame = match delivery.frame(self.encoding) {
+            Some(frame) if m.id > self.high => frame,
+            // Written already, or not shown in this encoding.
+            _ => return Some(Took::Nothing),
+        };
+        let took = match self.gate.try_write(&frame) {
+            Direct::Written => Took::Whole,
+            Direct::Begun => Took::Begun,
+            Direct::Refused => return None,
+        };
+        self.high = m.id;
+        Some(took)
+    }
+}
+
+/// What fan-out did with a delivery it could write itself.
+enum Took {
+    /// Wrote it whole.
+    Whole,
+    /// Began it: the connection writes the rest.
+    Begun,
+    /// Nothing: the connection would not show it.
+    Nothing,
 }
 
 /// The sending side of one connection's queue. Cheap to clone.
@@ -131,6 +197,9 @@ pub struct Outbox {
 pub enum Pushed {
     /// Queued.
     Queued,
+    /// Written to the socket by the fan-out itself (or begun there, the
+    /// rest left to the connection).
+    Written,
     /// The queue was full: the connection is being closed as slow.
     Overflow,
     /// The connection is gone.
@@ -149,6 +218,8 @@ impl Outbox {
                 close: None,
                 beat: false,
                 receiver_gone: false,
+                direct: None,
+                unfinished: false,
             }),
             waker: AtomicWaker::new(),
         });
@@ -167,8 +238,10 @@ impl Outbox {
         self
     }
 
-    /// Queues `delivery` without waiting; a full queue closes the
-    /// connection as a slow consumer.
+    /// Queues `delivery` without waiting, or writes it at once if the
+    /// connection has lent its socket ([`Outbox::lend`]) and nothing is
+    /// queued before it; a full queue closes the connection as a slow
+    /// consumer.
     pub fn push(&self, delivery: Arc<Delivery>) -> Pushed {
         if self.chat_only && !matches!(delivery.event, Event::Message(_) | Event::Dm(_)) {
             return Pushed::Skipped;
@@ -178,16 +251,52 @@ impl Outbox {
             if state.receiver_gone {
                 return Pushed::Gone;
             }
-            if state.queue.len() >= state.capacity {
-                state.close.get_or_insert(Close::SLOW);
-                Pushed::Overflow
-            } else {
-                state.queue.push_back(delivery);
-                Pushed::Queued
+            let idle = state.queue.is_empty() && state.close.is_none() && delivery.direct;
+            let direct = match state.direct.as_mut() {
+                Some(lent) if idle => lent.try_write(&delivery),
+                _ => None,
+            };
+            match direct {
+                // The connection need not wake.
+                Some(Took::Whole) => return Pushed::Written,
+                Some(Took::Nothing) => return Pushed::Skipped,
+                Some(Took::Begun) => {
+                    state.unfinished = true;
+                    Pushed::Written
+                }
+                None if state.queue.len() >= state.capacity => {
+                    state.close.get_or_insert(Close::SLOW);
+                    Pushed::Overflow
+                }
+                None => {
+                    state.queue.push_back(delivery);
+                    Pushed::Queued
+                }
             }
         };
         self.shared.waker.wake();
         pushed
+    }
+
+    /// Lets fan-out write the messages of `room` to this connection's
+    /// socket through `gate` whenever it is lent, in `encoding`.
+    pub fn allow_direct(&self, gate: Arc<Gate>, room: RoomName, encoding: Encoding) {
+        self.shared.state.lock().direct = Some(Box::new(Lent {
+            gate,
+            room,
+            encoding,
+            high: 0,
+        }));
+    }
+
+    /// The highest message id written of the room fan-out may write
+    /// (see [`Outbox::allow_direct`]); `high` is what the connection wrote
+    /// itself. Both sides then know the larger.
+    pub fn sync_high(&self, high: &mut i64) {
+        if let Some(lent) = self.shared.state.lock().direct.as_mut() {
+            lent.high = lent.high.max(*high);
+            *high = lent.high;
+        }
     }
 
     /// Closes the connection with `close` (the first reason given wins).
@@ -213,6 +322,8 @@ pub enum Next {
     Close(Close),
     /// A heartbeat period has passed.
     Beat,
+    /// Fan-out left a frame half written: write the rest.
+    Finish,
 }
 
 /// The receiving end, owned by the connection's task.
@@ -242,6 +353,9 @@ impl Inbox {
         let mut state = self.shared.state.lock();
         if let Some(close) = state.close {
             return Some(Next::Close(close));
+        }
+        if std::mem::take(&mut state.unfinished) {
+            return Some(Next::Finish);
         }
         if std::mem::take(&mut state.beat) {
             return Some(Next::Beat);
@@ -275,6 +389,8 @@ impl Drop for Inbox {
         let mut state = self.shared.state.lock();
         state.receiver_gone = true;
         state.queue = VecDeque::new();
+        // The gate holds the socket open.
+        state.direct = None;
     }
 }
 
@@ -283,8 +399,13 @@ const SHRINK_ABOVE: usize = 16;
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
-    use crate::protocol::{PresenceChange, RoomMessage, RoomName, UserName};
+    use crate::protocol::{PresenceChange, RoomMessage, UserName};
+    use crate::ws::Io;
 
     #[test]
     fn a_chat_only_outbox_takes_messages_and_skips_presence() {
@@ -310,5 +431,92 @@ mod tests {
         assert_eq!(outbox.push(message), Pushed::Queued);
         assert!(matches!(rx.try_next().unwrap().event, Event::Message(_)));
         assert!(rx.try_next().is_none());
+    }
+
+    /// A message of `room` with `id` and `body`.
+    fn message(room: &RoomName, id: i64, body: String, direct: bool) -> Arc<Delivery> {
+        Delivery::with_direct(
+            Event::Message(RoomMessage {
+                room: room.clone(),
+                id,
+                from: UserName::parse("ann").unwrap(),
+                body,
+                ts: 0,
+                client_id: None,
+            }),
+            direct,
+        )
+    }
+
+    /// A tutorial connection's outbox in `room`, its server end, and the
+    /// client end of the socket.
+    async fn lending(room: &RoomName) -> (Outbox, Inbox, Io, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let mut io = Io::from(accepted.unwrap().0);
+        let (outbox, rx) = Outbox::new(8);
+        let outbox = outbox.chat_only();
+        outbox.allow_direct(io.gate().unwrap(), room.clone(), SEED);
+        (outbox, rx, io, client.unwrap())
+    }
+
+    const SEED: Encoding = Encoding::Seed(Dialect::RoomJson);
+
+    #[tokio::test]
+    async fn fan_out_writes_a_lent_connections_new_room_messages_and_queues_the_rest() {
+        let lobby = RoomName::parse("lobby").unwrap();
+        let (outbox, mut rx, mut io, mut client) = lending(&lobby).await;
+        let msg = |room, id, direct| message(room, id, format!("m{id}"), direct);
+
+        // Not lent yet: queued.
+        assert_eq!(outbox.push(msg(&lobby, 1, true)), Pushed::Queued);
+        assert!(rx.try_next().is_some());
+        assert!(io.lend());
+        let first = msg(&lobby, 2, true);
+        assert_eq!(outbox.push(first.clone()), Pushed::Written);
+        assert!(rx.try_next().is_none(), "written, not queued");
+        assert_eq!(
+            outbox.push(msg(&lobby, 2, true)),
+            Pushed::Skipped,
+            "written already"
+        );
+        // The rest of a batch waits for the connection; so does what comes
+        // behind it, and another room's message.
+        assert_eq!(outbox.push(msg(&lobby, 3, false)), Pushed::Queued);
+        assert_eq!(outbox.push(msg(&lobby, 4, true)), Pushed::Queued);
+        let other = RoomName::parse("other").unwrap();
+        assert_eq!(outbox.push(msg(&other, 1, true)), Pushed::Queued);
+        let queued: Vec<i64> = std::iter::from_fn(|| rx.try_next())
+            .map(|d| match &d.event {
+                Event::Message(m) => m.id,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(queued, [3, 4, 1]);
+
+        let mut high = 1;
+        outbox.sync_high(&mut high);
+        assert_eq!(high, 2, "the connection learns what fan-out wrote");
+        let frame = first.frame(SEED).unwrap();
+        let mut got = vec![0u8; frame.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, frame);
+    }
+
+    #[tokio::test]
+    async fn a_message_fan_out_could_only_begin_wakes_the_connection_to_finish_it() {
+        let lobby = RoomName::parse("lobby").unwrap();
+        let (outbox, mut rx, mut io, _client) = lending(&lobby).await;
+        assert!(io.lend());
+        // Far more than the socket takes while the client reads nothing.
+        let big = message(&lobby, 1, "x".repeat(32 << 20), true);
+        assert_eq!(outbox.push(big), Pushed::Written);
+        assert!(matches!(rx.next().now_or_never(), Some(Next::Finish)));
+        assert_eq!(
+            outbox.push(message(&lobby, 2, "next".into(), true)),
+            Pushed::Queued,
+            "not lent while the rest waits"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! history window: in the transaction of the next batch, or on its own
 //! once no batch is waiting.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -131,10 +132,11 @@ async fn run(
             jobs.drain(..).map(|j| (j.draft, j.reply)).unzip();
         match append(&*store, &drafts, &mut prune).await {
             Ok(stored) => {
-                for (reply, stored) in replies.into_iter().zip(stored) {
+                let last = last_of_room(&stored);
+                for ((reply, stored), last) in replies.into_iter().zip(stored).zip(last) {
                     on_stored(&stored);
                     retention.due(&stored, &mut prune);
-                    publish(&*broker, &stored).await;
+                    publish(&*broker, &stored, last).await;
                     let _ = reply.send(Ok(stored));
                 }
             }
@@ -176,10 +178,28 @@ async fn append(
     result
 }
 
+/// For each message of a stored batch, whether it is the last of the
+/// batch to its room: only that one may be written straight to an idle
+/// connection ([`Delivery::direct`]); the ones before it wait in the
+/// queue, to go out together with it.
+fn last_of_room(stored: &[Stored]) -> Vec<bool> {
+    let mut later = HashSet::new();
+    let mut last: Vec<bool> = stored
+        .iter()
+        .rev()
+        .map(|s| match s {
+            Stored::Room(m) => later.insert(&m.room),
+            Stored::Direct(_) => false,
+        })
+        .collect();
+    last.reverse();
+    last
+}
+
 /// Publishes a stored message to its room, or to both ends of a direct
 /// message. A failed publish is logged, not retried: the message is
 /// stored, so clients get it on their next `since` resume.
-async fn publish(broker: &dyn Broker, stored: &Stored) {
+async fn publish(broker: &dyn Broker, stored: &Stored, last_of_room: bool) {
     let (topics, event) = match stored {
         Stored::Room(m) => (vec![Topic::Room(m.room.clone())], Event::Message(m.clone())),
         Stored::Direct(d) => {
@@ -190,7 +210,7 @@ async fn publish(broker: &dyn Broker, stored: &Stored) {
             (topics, Event::Dm(d.clone()))
         }
     };
-    let delivery = Delivery::new(event);
+    let delivery = Delivery::with_direct(event, last_of_room);
     for topic in topics {
         if let Err(err) = broker.publish(&topic, delivery.clone()).await {
             tracing::warn!(error = %err, ?topic, "publish failed; message is stored");
@@ -231,6 +251,22 @@ mod tests {
         let mut prune = Prune::keeping(r.keep);
         r.due(&stored, &mut prune);
         prune
+    }
+
+    #[test]
+    fn only_the_last_message_of_a_batch_to_each_room_may_be_written_at_once() {
+        let m = |name: &str, id| {
+            let Stored::Room(mut m) = room(id) else {
+                unreachable!()
+            };
+            m.room = RoomName::parse(name).unwrap();
+            Stored::Room(m)
+        };
+        let batch = [m("a", 1), m("b", 1), m("a", 2), dm(1), m("b", 2), m("c", 1)];
+        assert_eq!(
+            last_of_room(&batch),
+            [false, false, true, false, true, true]
+        );
     }
 
     #[test]

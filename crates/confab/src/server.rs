@@ -28,6 +28,7 @@ pub async fn run(
         addr = %listener.local_addr()?,
         store = %crate::store::redact(&node.settings.store),
         broker = %crate::store::redact(&node.settings.broker),
+        direct_writes = node.direct_writes,
         "confab listening"
     );
     serve(listener, node, signal).await

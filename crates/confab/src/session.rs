@@ -241,6 +241,7 @@ async fn open(start: Box<Start>) -> Option<Opened> {
         rooms: Joined::default(),
         dm_high: 0,
         seed: None,
+        lending: Lending::Never,
     };
     let started = session.start(&mut socket, kind).await;
     Some(Opened {
@@ -272,6 +273,19 @@ struct Session {
     dm_high: i64,
     limiter: RateLimiter,
     seed: Option<SeedState>,
+    /// Whether fan-out may write this connection's room messages itself
+    /// while it is idle ([`Outbox::allow_direct`]).
+    lending: Lending,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lending {
+    /// Never: every event is queued.
+    Never,
+    /// From the end of the first batch written.
+    Later,
+    /// Whenever everything queued is written.
+    Allowed,
 }
 
 impl Session {
@@ -304,6 +318,13 @@ impl Session {
         }
         // A tutorial client gets no replay: only what is said from now on.
         self.rooms.insert(room.clone(), 0);
+        // Its room's messages need no filter but their ids, so fan-out
+        // may write them itself while the connection is idle, once it has
+        // been sent one (an idle connection that is never sent anything
+        // carries nothing for it).
+        if self.node.direct_writes {
+            self.lending = Lending::Later;
+        }
         self.seed = Some(SeedState {
             dialect,
             room,
@@ -326,7 +347,12 @@ impl Session {
                         return Some(close);
                     }
                     Next::Delivery(first) => {
-                        if self.write_deliveries(socket, first, rx).await.is_err() {
+                        if self.write_deliveries(socket, Some(first), rx).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Next::Finish => {
+                        if self.write_deliveries(socket, None, rx).await.is_err() {
                             return None;
                         }
                     }
@@ -381,7 +407,11 @@ impl Session {
     /// connection too, so write it before the goodbye.
     async fn goodbye(&mut self, socket: &mut WebSocket, rx: &mut Inbox) {
         while let Some(first) = rx.try_next() {
-            if self.write_deliveries(socket, first, rx).await.is_err() {
+            if self
+                .write_deliveries(socket, Some(first), rx)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -393,14 +423,20 @@ impl Session {
     /// connection they go to: they are queued under tungstenite, on the
     /// socket's [`Io`](crate::ws::Io), once tungstenite has written out
     /// whatever it held (a pong), so that frames never interleave.
+    ///
+    /// A tutorial connection takes its socket back from fan-out first
+    /// (with whatever frame fan-out left half written), and lends it again
+    /// once everything is written.
     async fn write_deliveries(
         &mut self,
         socket: &mut WebSocket,
-        first: Arc<Delivery>,
+        first: Option<Arc<Delivery>>,
         rx: &mut Inbox,
     ) -> Result<(), crate::ws::Error> {
+        socket.get_mut().take_back();
+        self.sync_high();
         socket.flush().await?;
-        let mut next = Some(first);
+        let mut next = first.or_else(|| rx.try_next());
         let mut written = 0;
         while let Some(delivery) = next.take() {
             // Room before the frame is taken, so that no frame waits in
@@ -415,7 +451,31 @@ impl Session {
                 next = rx.try_next();
             }
         }
-        socket.flush().await
+        socket.flush().await?;
+        if self.lending == Lending::Later {
+            if let (Some(gate), Some(seed)) = (socket.get_mut().gate(), &self.seed) {
+                self.outbox
+                    .allow_direct(gate, seed.room.clone(), self.encoding);
+                self.lending = Lending::Allowed;
+            }
+        }
+        if self.lending == Lending::Allowed && rx.is_empty() {
+            self.sync_high();
+            socket.get_mut().lend();
+        }
+        Ok(())
+    }
+
+    /// Agrees with fan-out on the highest id written of the tutorial
+    /// room, when fan-out may write there.
+    fn sync_high(&mut self) {
+        if self.lending != Lending::Allowed {
+            return;
+        }
+        let room = self.seed.as_ref().map(|seed| &seed.room);
+        if let Some(high) = room.and_then(|room| self.rooms.get_mut(room)) {
+            self.outbox.sync_high(high);
+        }
     }
 
     /// The frame for a delivery, or `None` if this connection should not
@@ -1057,7 +1117,8 @@ async fn echo(node: Arc<Node>, mut socket: WebSocket) {
                         break close;
                     }
                 }
-                Next::Delivery(_) => {}
+                // Nothing is queued or lent here.
+                Next::Delivery(_) | Next::Finish => {}
             },
             msg = socket.next() => {
                 heartbeat.heard();

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -167,6 +169,73 @@ const WRITE_HIGH: usize = 32 * 1024;
 pub struct Io {
     transport: Transport,
     out: Out,
+    /// Made once the connection lets fan-out write to it ([`Io::gate`]).
+    gate: Option<Arc<Gate>>,
+}
+
+/// A socket's write side, lent to fan-out while the connection's task is
+/// idle: a delivery for an idle connection is then written by the fan-out
+/// itself, in one `send`, with no wake-up of the task. The task lends it
+/// ([`Io::lend`]) only once it has written out everything it held, and
+/// takes it back before it writes anything itself (every write through
+/// [`Io`] does), so frames never interleave.
+#[derive(Debug)]
+pub struct Gate {
+    tcp: Arc<TcpStream>,
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Lent to the fan-out.
+    lent: bool,
+    /// The end of a frame the fan-out began but the socket did not take:
+    /// it is written before anything else.
+    rest: Option<Bytes>,
+}
+
+/// What [`Gate::try_write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// The whole frame was written.
+    Written,
+    /// The frame was begun; the socket is taken back from the fan-out and
+    /// the connection's task must be told to write the rest.
+    Begun,
+    /// Nothing was written (not lent, or the socket was full or failed):
+    /// the frame goes through the connection's queue.
+    Refused,
+}
+
+impl Gate {
+    /// Writes `frame` now if the socket is lent and takes it.
+    pub fn try_write(&self, frame: &Bytes) -> Direct {
+        let mut state = self.state.lock();
+        if !state.lent {
+            return Direct::Refused;
+        }
+        match self.tcp.try_write(frame) {
+            Ok(n) if n == frame.len() => Direct::Written,
+            Ok(n) if n > 0 => {
+                state.lent = false;
+                state.rest = Some(frame.slice(n..));
+                Direct::Begun
+            }
+            // Full (`WouldBlock`), or failing: the task meets the error
+            // on its own next read or write.
+            _ => {
+                state.lent = false;
+                Direct::Refused
+            }
+        }
+    }
+
+    /// Takes the socket back; returns what the fan-out left unwritten.
+    fn take_back(&self) -> Option<Bytes> {
+        let mut state = self.state.lock();
+        state.lent = false;
+        state.rest.take()
+    }
 }
 
 /// What waits to be written. A batch of one shared frame (the usual
@@ -239,8 +308,8 @@ enum Transport {
         /// Bytes read with the handshake that belong to the WebSocket
         /// (boxed: almost always there are none).
         pre: Option<Box<Bytes>>,
-        /// The stream.
-        tcp: TcpStream,
+        /// The stream, shared with the [`Gate`] once there is one.
+        tcp: Arc<TcpStream>,
     },
     /// Any other transport.
     Upgraded(Box<TokioIo<Upgraded>>),
@@ -251,20 +320,77 @@ impl From<Upgraded> for Io {
         let transport = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => Transport::Tcp {
                 pre: (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf)),
-                tcp: parts.io.into_inner(),
+                tcp: Arc::new(parts.io.into_inner()),
             },
             Err(upgraded) => Transport::Upgraded(Box::new(TokioIo::new(upgraded))),
         };
         Io {
             transport,
             out: Out::default(),
+            gate: None,
+        }
+    }
+}
+
+impl From<TcpStream> for Io {
+    /// A transport of the server's own making: the stream, nothing read.
+    fn from(tcp: TcpStream) -> Self {
+        Io {
+            transport: Transport::Tcp {
+                pre: None,
+                tcp: Arc::new(tcp),
+            },
+            out: Out::default(),
+            gate: None,
         }
     }
 }
 
 impl Io {
+    /// The gate through which fan-out may write to this socket, made on
+    /// first use; `None` if the transport is not a plain TCP stream.
+    pub fn gate(&mut self) -> Option<Arc<Gate>> {
+        let Transport::Tcp { tcp, .. } = &self.transport else {
+            return None;
+        };
+        let gate = self.gate.get_or_insert_with(|| {
+            Arc::new(Gate {
+                tcp: tcp.clone(),
+                state: Mutex::default(),
+            })
+        });
+        Some(gate.clone())
+    }
+
+    /// Lends the socket to fan-out, if nothing waits to be written here
+    /// (the WebSocket above must hold nothing either: it is flushed
+    /// first). Returns whether it is lent.
+    pub fn lend(&mut self) -> bool {
+        let Some(gate) = &self.gate else {
+            return false;
+        };
+        if !self.out.is_empty() {
+            return false;
+        }
+        let mut state = gate.state.lock();
+        state.lent = state.rest.is_none();
+        state.lent
+    }
+
+    /// Takes the socket back from fan-out before anything is written
+    /// here; what the fan-out left unwritten goes first. While the socket
+    /// is lent, nothing waits here, so there is no lock to take otherwise.
+    pub fn take_back(&mut self) {
+        if self.out.is_empty() {
+            if let Some(rest) = self.gate.as_ref().and_then(|g| g.take_back()) {
+                self.out = Out::Shared(rest);
+            }
+        }
+    }
+
     /// Writes the buffer out; frees it once it is all written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.take_back();
         while !self.out.is_empty() {
             let out = self.out.as_slice();
             let n = std::task::ready!(Pin::new(&mut self.transport).poll_write(cx, out))?;
@@ -297,6 +423,7 @@ impl Io {
     /// flush. Only between whole frames: the WebSocket above must hold
     /// nothing unwritten (it is flushed first).
     pub fn queue(&mut self, frame: Bytes) {
+        self.take_back();
         if self.out.is_empty() {
             self.out = Out::Shared(frame);
         } else {
@@ -322,6 +449,7 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let io = self.get_mut();
+        io.take_back();
         if io.out.len() >= WRITE_HIGH {
             std::task::ready!(io.poll_write_out(cx))?;
         }
@@ -363,7 +491,17 @@ impl AsyncRead for Transport {
                     }
                     return Poll::Ready(Ok(()));
                 }
-                Pin::new(tcp).poll_read(cx, buf)
+                loop {
+                    std::task::ready!(tcp.poll_read_ready(cx))?;
+                    match tcp.try_read(buf.initialize_unfilled()) {
+                        Ok(n) => {
+                            buf.advance(n);
+                            return Poll::Ready(Ok(()));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
             }
             Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
         }
@@ -377,21 +515,29 @@ impl AsyncWrite for Transport {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_write(cx, buf),
+            Transport::Tcp { tcp, .. } => loop {
+                std::task::ready!(tcp.poll_write_ready(cx))?;
+                match tcp.try_write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return Poll::Ready(done),
+                }
+            },
             Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_flush(cx),
+            Transport::Tcp { .. } => Poll::Ready(Ok(())),
             Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Tcp { tcp, .. } => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tcp { tcp, .. } => {
+                Poll::Ready(socket2::SockRef::from(&**tcp).shutdown(std::net::Shutdown::Write))
+            }
             Transport::Upgraded(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
@@ -399,6 +545,8 @@ impl AsyncWrite for Transport {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -409,14 +557,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let io = Io {
-            transport: Transport::Tcp {
-                pre: None,
-                tcp: accepted.unwrap().0,
-            },
-            out: Out::default(),
-        };
-        (io, client.unwrap())
+        (Io::from(accepted.unwrap().0), client.unwrap())
     }
 
     /// Whether `io` holds no buffer at all.
@@ -507,5 +648,66 @@ mod tests {
         let mut got = vec![0u8; expected.len()];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn a_lent_socket_takes_whole_frames_until_any_write_here_takes_it_back() {
+        let (mut io, mut client) = pair().await;
+        let gate = io.gate().unwrap();
+        assert_eq!(gate.try_write(&text_frame("early")), Direct::Refused);
+        io.queue(text_frame("one"));
+        assert!(!io.lend(), "not lent while a frame waits here");
+        io.flush().await.unwrap();
+
+        assert!(io.lend());
+        assert_eq!(gate.try_write(&text_frame("two")), Direct::Written);
+        // tungstenite's own write (a pong, say) takes it back.
+        io.write_all(b"pong").await.unwrap();
+        assert_eq!(gate.try_write(&text_frame("late")), Direct::Refused);
+        io.flush().await.unwrap();
+
+        let mut expected = text_frame("one").to_vec();
+        expected.extend_from_slice(&text_frame("two"));
+        expected.extend_from_slice(b"pong");
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn a_frame_fan_out_began_is_finished_before_anything_else() {
+        let (mut io, client) = pair().await;
+        let unlimited = WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let mut client =
+            WebSocketStream::from_raw_socket(client, Role::Client, Some(unlimited)).await;
+        let gate = io.gate().unwrap();
+        assert!(io.lend());
+        // Far more than the socket takes while the client reads nothing.
+        let big = "x".repeat(32 << 20);
+        assert_eq!(gate.try_write(&text_frame(&big)), Direct::Begun);
+        assert_eq!(gate.try_write(&text_frame("behind")), Direct::Refused);
+        assert!(!io.lend(), "not lent again while the rest waits");
+
+        io.queue(text_frame("after"));
+        let read = async {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let msg = futures_util::StreamExt::next(&mut client).await;
+                got.push(msg.unwrap().unwrap());
+            }
+            got
+        };
+        let both = async { tokio::join!(io.flush(), read) };
+        let (flushed, got) = tokio::time::timeout(Duration::from_secs(10), both)
+            .await
+            .expect("the rest and the next frame arrive");
+        flushed.unwrap();
+        assert_eq!(
+            got,
+            [Message::Text(big.into()), Message::Text("after".into())]
+        );
+        assert!(io.lend(), "lent again once all is written");
     }
 }

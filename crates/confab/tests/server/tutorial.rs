@@ -319,3 +319,54 @@ async fn pings_amid_a_stream_of_messages_are_answered_and_no_frame_is_torn() {
         "every ping answered, in order"
     );
 }
+
+/// On a runtime of one worker, the fan-out writes a message straight to
+/// an idle tutorial connection; once that connection's socket is full, a
+/// frame is left half written and the rest must follow, whole and before
+/// anything else.
+#[tokio::test]
+async fn a_listener_that_stops_reading_gets_every_message_whole_and_in_order_after() {
+    listener_that_stops_reading().await;
+}
+
+/// With several workers every delivery goes through the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_stops_reading_gets_every_message_on_several_workers_too() {
+    listener_that_stops_reading().await;
+}
+
+async fn listener_that_stops_reading() {
+    let server = TestServer::start(crate::common::settings_with(confab::config::Overrides {
+        rate_limit: Some(0),
+        max_message_bytes: Some(60_000),
+        ..Default::default()
+    }))
+    .await;
+    let mut sender = server.connect("/ws/chat/lobby/").await;
+    let mut reader = server.connect("/ws/chat/lobby/").await;
+    // About 20 MB: far more than the sockets between them hold.
+    const MESSAGES: usize = 400;
+    let body = "y".repeat(50_000);
+    let number = |v: Value| -> usize {
+        let text = v["message"].as_str().expect("a whole tutorial message");
+        text.split(' ').next().unwrap().parse().unwrap()
+    };
+
+    // One at a time, so that each is a batch of its own and the reader,
+    // which reads nothing yet, is written to by the fan-out.
+    for i in 0..MESSAGES {
+        sender
+            .send_json(json!({"message": format!("{i} {body}")}))
+            .await;
+        assert_eq!(number(sender.next_json().await), i);
+    }
+    let mut got = Vec::new();
+    for _ in 0..MESSAGES {
+        got.push(number(reader.next_json().await));
+    }
+    assert_eq!(
+        got,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "every message, in order"
+    );
+}
