@@ -502,7 +502,7 @@ impl Metrics {
         counter(
             o,
             "confab_deliveries_total",
-            "Events queued for a connection (one per event per recipient connection).",
+            "Events queued for a connection or written to it at once (one per event per recipient connection).",
             self.deliveries.load(Relaxed),
         );
         header(
