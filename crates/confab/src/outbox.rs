@@ -157,10 +157,12 @@ impl Lent {
         if m.room != self.room {
             return None;
         }
-        let frame = match delivery.frame(self.encoding) {
-            Some(frame) if m.id > self.high => frame,
-            // Written already, or not shown in this encoding.
-            _ => return Some(Took::Nothing),
+        if m.id <= self.high {
+            // Written already.
+            return Some(Took::Nothing);
+        }
+        let Some(frame) = delivery.frame(self.encoding) else {
+            return Some(Took::Nothing);
         };
         let took = match self.gate.try_write(&frame) {
             Direct::Written => Took::Whole,
@@ -239,8 +241,8 @@ impl Outbox {
     }
 
     /// Queues `delivery` without waiting, or writes it at once if the
-    /// connection has lent its socket ([`Outbox::lend`]) and nothing is
-    /// queued before it; a full queue closes the connection as a slow
+    /// connection has lent its socket ([`Outbox::allow_direct`],
+    /// [`crate::ws::Io::lend`]) and nothing is queued before it; a full queue closes the connection as a slow
     /// consumer.
     pub fn push(&self, delivery: Arc<Delivery>) -> Pushed {
         if self.chat_only && !matches!(delivery.event, Event::Message(_) | Event::Dm(_)) {

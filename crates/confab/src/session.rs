@@ -452,18 +452,26 @@ impl Session {
             }
         }
         socket.flush().await?;
+        if rx.is_empty() {
+            self.lend(socket);
+        }
+        Ok(())
+    }
+
+    /// Lends the socket to fan-out, if this connection does
+    /// ([`Lending`]), now that everything it held is written.
+    fn lend(&mut self, socket: &mut WebSocket) {
         if self.lending == Lending::Later {
-            if let (Some(gate), Some(seed)) = (socket.get_mut().gate(), &self.seed) {
-                self.outbox
-                    .allow_direct(gate, seed.room.clone(), self.encoding);
+            let room = self.seed.as_ref().map(|seed| seed.room.clone());
+            if let (Some(gate), Some(room)) = (socket.get_mut().gate(), room) {
+                self.outbox.allow_direct(gate, room, self.encoding);
                 self.lending = Lending::Allowed;
             }
         }
-        if self.lending == Lending::Allowed && rx.is_empty() {
+        if self.lending == Lending::Allowed {
             self.sync_high();
             socket.get_mut().lend();
         }
-        Ok(())
     }
 
     /// Agrees with fan-out on the highest id written of the tutorial
